@@ -1,0 +1,147 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import Metrics
+import NIOCore
+import NIOFoundationEssentialsCompat
+import SkeinPipeline
+import Tracing
+
+/// Answers every request on the client port: the node's own routes (`/healthz`, `/v1/…`), then
+/// the applications' pipelines. Every answer carries `skein-trace-id`; every pipeline request
+/// leaves a timeline (JSON at `/v1/traces/{id}`, text in the log when slow, spans to the tracer).
+struct NodeResponder: HTTPResponder {
+    typealias Context = BasicRequestContext
+
+    let router: SkeinPipeline.Router
+    let runner: PipelineRunner
+    let system: SystemRoutes
+    let traces: TraceStore
+    let settings: NodeSettings
+    let tracer: any Tracer
+    let tracing: Bool
+    let logger: Logger
+    let requests: Counter
+    let failures: Counter
+    let latency: Metrics.Timer
+
+    func respond(to request: Request, context: Context) async throws -> Hummingbird.Response {
+        let arrival = ContinuousClock.now
+        let incoming = request.headers[.traceparent].flatMap(TraceParent.init(header:))
+        let traceID = incoming?.traceID ?? TraceParent.randomTraceID()
+        let path = request.uri.path
+        var response: SkeinPipeline.Response
+
+        if let answer = await system.answer(method: request.method, path: path, query: request.uri.query) {
+            response = answer
+        } else {
+            switch router.match(method: request.method.rawValue, path: path) {
+            case .found(let pipeline, let parameters, _):
+                response = await run(pipeline, request: request, parameters: parameters, traceID: traceID,
+                                     incoming: incoming, arrival: arrival)
+            case .methodNotAllowed(let allow):
+                if request.method == .options {
+                    response = SkeinPipeline.Response(status: .noContent)
+                } else {
+                    response = runner.renderer.render(SkeinError(
+                        code: 405, what: "method_not_allowed", key: request.method.rawValue,
+                        message: "\(path) does not answer \(request.method.rawValue); it answers \(allow.joined(separator: ", "))"))
+                }
+                response.headers[.allow] = allow.joined(separator: ", ")
+            case .notFound:
+                response = runner.renderer.render(SkeinError(code: 404, what: "route_not_found", key: path,
+                                                             message: "no route for \(request.method.rawValue) \(path)"))
+            }
+        }
+        response.headers[HTTPField.Name("skein-trace-id")!] = traceID
+        requests.increment()
+        if response.status.code >= 500 { failures.increment() }
+        latency.recordNanoseconds((ContinuousClock.now - arrival).nanoseconds)
+        let body = request.method == .head ? ByteBuffer() : ByteBuffer(data: response.body)
+        return Hummingbird.Response(status: response.status, headers: response.headers, body: ResponseBody(byteBuffer: body))
+    }
+
+    private func run(
+        _ pipeline: Pipeline, request: Request, parameters: [String: String], traceID: String,
+        incoming: TraceParent?, arrival: ContinuousClock.Instant
+    ) async -> SkeinPipeline.Response {
+        let startedNs = UInt64(Date().timeIntervalSince1970 * 1e9)
+        var timeline = Timeline(traceID: traceID, method: request.method.rawValue, path: request.uri.path,
+                                startedAtMs: Int64(startedNs / 1_000_000))
+        let body: Data
+        do {
+            body = try await collectBody(request)
+        } catch let error as SkeinError {
+            let response = runner.renderer.render(error)
+            timeline.status = response.status.code
+            timeline.outcome = "fail"
+            timeline.error = error
+            traces.record(timeline)
+            return response
+        } catch {
+            return runner.renderer.render(SkeinError(code: 400, what: "bad_request", message: "could not read the body: \(error)"))
+        }
+        let info = RequestInfo(
+            method: request.method, path: request.uri.path, query: request.uri.query, headers: request.headers,
+            body: body, parameters: parameters, traceID: traceID, requestID: TraceParent.randomSpanID(),
+            receivedAtMs: Int64(startedNs / 1_000_000))
+
+        let result: RunResult
+        if tracing {
+            var context = ServiceContext.topLevel
+            InstrumentationSystem.instrument.extract(request.headers, into: &context, using: HTTPFieldsExtractor())
+            let span = tracer.startSpan("\(request.method.rawValue) \(pipeline.route)", context: context, ofKind: .server,
+                                        at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: startedNs))
+            span.attributes["http.request.method"] = request.method.rawValue
+            span.attributes["url.path"] = request.uri.path
+            if let incoming { span.attributes["skein.parent_trace"] = incoming.header }
+            result = await runner.run(pipeline, request: info, arrival: arrival, timeline: &timeline)
+            TimelineSpans.emit(timeline, under: span, tracer: tracer, startNs: startedNs)
+            if result.response.status.code >= 500 { span.setStatus(SpanStatus(code: .error, message: result.error?.message)) }
+            span.end(at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: startedNs + UInt64(max(0, timeline.durationNs))))
+        } else {
+            result = await runner.run(pipeline, request: info, arrival: arrival, timeline: &timeline)
+        }
+        traces.record(timeline)
+        if Double(timeline.durationNs) / 1e6 >= settings.slowRequestMs {
+            logger.notice("slow request\n\(timeline.renderText(slowEffectThresholdMs: settings.slowRequestMs / 2))",
+                          metadata: ["trace": "\(traceID)"])
+        }
+        if let error = result.error, error.code >= 500 {
+            logger.error("request failed", metadata: ["trace": "\(traceID)", "route": "\(pipeline.route)", "error": "\(error)"])
+        }
+        return result.response
+    }
+
+    /// The body, at most `maxBodySize` bytes: a larger one is a 413.
+    private func collectBody(_ request: Request) async throws -> Data {
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > settings.maxBodySize {
+            throw tooLarge(length)
+        }
+        var buffer = ByteBuffer()
+        for try await var chunk in request.body {
+            guard buffer.readableBytes + chunk.readableBytes <= settings.maxBodySize else {
+                throw tooLarge(buffer.readableBytes + chunk.readableBytes)
+            }
+            buffer.writeBuffer(&chunk)
+        }
+        return Data(buffer: buffer)
+    }
+
+    private func tooLarge(_ size: Int) -> SkeinError {
+        SkeinError(code: 413, what: "body_too_large", key: "body",
+                   message: "the body has at least \(size) bytes; the limit is \(settings.maxBodySize) (--max-body-size)")
+    }
+}
+
+/// Reads W3C trace headers (and any the bootstrapped instrument understands) from HTTP fields.
+struct HTTPFieldsExtractor: Extractor {
+    func extract(key: String, from carrier: HTTPFields) -> String? {
+        HTTPField.Name(key).flatMap { carrier[$0] }
+    }
+}
+
+extension HTTPField.Name {
+    static let traceparent = HTTPField.Name("traceparent")!
+}

@@ -1,0 +1,81 @@
+import Foundation
+import HTTPTypes
+import SkeinPipeline
+
+/// The node's own routes on the client port, answered before the applications' pipelines.
+struct SystemRoutes: Sendable {
+    let settings: NodeSettings
+    let traces: TraceStore
+    let renderer: any ErrorRenderer
+    let readiness: Readiness
+
+    func answer(method: HTTPRequest.Method, path: String, query: String?) async -> Response? {
+        guard path.hasPrefix("/healthz") || path.hasPrefix("/v1/") else { return nil }
+        let parts = path.split(separator: "/", omittingEmptySubsequences: true)
+        let readOnly = method == .get || method == .head
+        switch (parts.first, parts.count) {
+        case ("healthz", 1):
+            guard readOnly else { return notAllowed(path, allow: "GET, HEAD") }
+            return readiness.isServing ? .text("ok\n") : renderer.render(SkeinError(code: 503, what: "starting", message: "the node is not serving yet"))
+        case ("v1", 3) where parts[1] == "traces":
+            guard readOnly else { return notAllowed(path, allow: "GET, HEAD") }
+            let id = String(parts[2]).lowercased()
+            guard let timeline = traces.timeline(id) else {
+                return renderer.render(SkeinError(code: 404, what: "trace_not_found", key: id,
+                                                  message: "no recent request has trace id \(id) (the last \(traces.capacity) are kept)"))
+            }
+            if query?.contains("format=text") == true { return .text(timeline.renderText()) }
+            return .json(timeline)
+        case ("v1", 2) where parts[1] == "cluster":
+            guard readOnly else { return notAllowed(path, allow: "GET, HEAD") }
+            return .json(ClusterView.single(settings))
+        default:
+            return nil
+        }
+    }
+
+    private func notAllowed(_ path: String, allow: String) -> Response {
+        var response = renderer.render(SkeinError(code: 405, what: "method_not_allowed", key: path, message: "\(path) answers \(allow)"))
+        response.headers[.allow] = allow
+        return response
+    }
+}
+
+/// `GET /v1/cluster` as CONTRACT.md fixes it. Until membership lands (issue 3) a node knows
+/// only itself.
+struct ClusterView: Codable, Sendable {
+    struct Member: Codable, Sendable {
+        let name: String
+        let peer: String
+        let client: String
+        let state: String
+        let incarnation: Int
+    }
+
+    struct Partition: Codable, Sendable {
+        let id: Int
+        let leader: String?
+        let epoch: Int
+        let replicas: [String]
+    }
+
+    let node: String
+    let members: [Member]
+    let partitions: [Partition]
+
+    static func single(_ settings: NodeSettings) -> ClusterView {
+        ClusterView(node: settings.name,
+                    members: [Member(name: settings.name, peer: settings.peer.description, client: settings.listen.description,
+                                     state: "alive", incarnation: 0)],
+                    partitions: [])
+    }
+}
+
+/// Whether the node has finished starting and serves requests.
+final class Readiness: Sendable {
+    private let serving = Mutex(false)
+    var isServing: Bool { serving.withLock { $0 } }
+    func markServing() { serving.withLock { $0 = true } }
+}
+
+import Synchronization

@@ -1,0 +1,40 @@
+/// W3C trace context: the `traceparent` header a request may carry, and fresh ids.
+struct TraceParent: Sendable, Equatable {
+    let traceID: String
+    let parentID: String
+    let flags: String
+
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; nil when malformed or all-zero (as the spec says to ignore).
+    init?(header: String) {
+        let parts = header.split(separator: "-")
+        guard parts.count >= 4, parts[0].count == 2, parts[0] != "ff",
+              parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
+              parts.allSatisfy({ $0.allSatisfy(\.isHexDigit) }) else { return nil }
+        traceID = parts[1].lowercased()
+        parentID = parts[2].lowercased()
+        flags = String(parts[3])
+        guard traceID != String(repeating: "0", count: 32), parentID != String(repeating: "0", count: 16) else { return nil }
+    }
+
+    init(traceID: String, parentID: String, flags: String = "01") {
+        self.traceID = traceID
+        self.parentID = parentID
+        self.flags = flags
+    }
+
+    var header: String { "00-\(traceID)-\(parentID)-\(flags)" }
+
+    static func randomTraceID() -> String { hex(UInt64.random(in: 1...UInt64.max)) + hex(UInt64.random(in: 0...UInt64.max)) }
+    static func randomSpanID() -> String { hex(UInt64.random(in: 1...UInt64.max)) }
+
+    static func hex(_ value: UInt64) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8](repeating: 0, count: 16)
+        var v = value
+        for i in (0..<16).reversed() {
+            out[i] = digits[Int(v & 0xf)]
+            v >>= 4
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

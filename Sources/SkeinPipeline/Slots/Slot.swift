@@ -1,0 +1,52 @@
+/// A named piece of per-request state with a fixed type.
+///
+/// Declare a slot as a caseless enum naming its value type:
+/// ```swift
+/// enum PostID: Slot { typealias Value = String }
+/// ```
+/// Steps never touch slots directly: they read and write them through a ``SlotView``
+/// that declares the access, so an undeclared access does not compile.
+public protocol Slot {
+    associatedtype Value: Sendable
+}
+
+/// The identity of a slot type, used by the runtime and by pipeline validation.
+public struct SlotID: Hashable, Sendable, CustomStringConvertible {
+    let key: ObjectIdentifier
+    /// The slot's type name, as errors and timelines show it.
+    public let name: String
+
+    public init<S: Slot>(_ slot: S.Type) {
+        self.key = ObjectIdentifier(slot)
+        self.name = String(describing: slot)
+    }
+
+    public var description: String { name }
+    public static func == (a: SlotID, b: SlotID) -> Bool { a.key == b.key }
+    public func hash(into hasher: inout Hasher) { hasher.combine(key) }
+}
+
+/// The per-request slot storage. Values keep their static type: each is read back with a
+/// checked cast to the slot's `Value`, never an unchecked one.
+public struct SlotValues: Sendable {
+    private var storage: [ObjectIdentifier: any Sendable] = [:]
+    private var names: [ObjectIdentifier: String] = [:]
+
+    public init() {}
+
+    /// The slot's value, or nil if nothing has written it.
+    public func value<S: Slot>(of slot: S.Type) -> S.Value? {
+        guard let boxed = storage[ObjectIdentifier(slot)] else { return nil }
+        return boxed as? S.Value
+    }
+
+    public mutating func set<S: Slot>(_ slot: S.Type, to value: S.Value) {
+        storage[ObjectIdentifier(slot)] = value
+        names[ObjectIdentifier(slot)] = String(describing: slot)
+    }
+
+    public func contains(_ id: SlotID) -> Bool { storage[id.key] != nil }
+
+    /// The names of the slots holding a value, sorted (for diagnostics and test failures).
+    public var filledSlotNames: [String] { names.values.sorted() }
+}

@@ -1,0 +1,78 @@
+public import Foundation
+public import GRDB
+
+/// The node's own SQLite database (GRDB, WAL, `synchronous=FULL`): one file per node,
+/// `skein.sqlite` in the data directory.
+public final class NodeDatabase: Sendable {
+    public let pool: DatabasePool
+    public let path: String
+
+    /// Opens (creating if needed) the database in `directory`. Every failure is a
+    /// ``StoreError`` with one line a person can act on.
+    public init(directory: String) throws(StoreError) {
+        var isDirectory: ObjCBool = false
+        let fm = FileManager.default
+        if fm.fileExists(atPath: directory, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw StoreError.unusableDirectory(directory, "it is a file, not a directory") }
+        } else {
+            do {
+                try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            } catch {
+                throw StoreError.unusableDirectory(directory, "cannot create it (\(Self.reason(error)))")
+            }
+        }
+        guard fm.isWritableFile(atPath: directory) else { throw StoreError.unusableDirectory(directory, "it is not writable") }
+        path = (directory as NSString).appendingPathComponent("skein.sqlite")
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(5)
+        configuration.label = "skein"
+        do {
+            pool = try DatabasePool(path: path, configuration: configuration)
+            // GRDB sets synchronous=NORMAL while it sets up WAL; durability here means an fsync
+            // per commit, so set FULL on the writer connection after opening.
+            try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
+            try Self.migrator.migrate(pool)
+        } catch {
+            throw StoreError.unusableDirectory(directory, "cannot open \(path) (\(Self.reason(error)))")
+        }
+    }
+
+    static func reason(_ error: any Error) -> String {
+        if let error = error as? DatabaseError { return error.message ?? "\(error.resultCode)" }
+        return (error as NSError).localizedDescription
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: key-value") { db in
+            try db.execute(sql: """
+                CREATE TABLE kv (
+                    key TEXT PRIMARY KEY NOT NULL,
+                    value BLOB NOT NULL
+                ) WITHOUT ROWID
+                """)
+        }
+        return migrator
+    }
+
+    /// The writer connection's `synchronous` setting (2 = FULL).
+    public func synchronousMode() throws -> Int {
+        try pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+    }
+
+    /// The journal mode (`wal`).
+    public func journalMode() throws -> String {
+        try pool.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") ?? "" }
+    }
+}
+
+/// A failure of the node's storage, with the sentence a person needs.
+public enum StoreError: Error, Sendable, CustomStringConvertible {
+    case unusableDirectory(String, String)
+
+    public var description: String {
+        switch self {
+        case .unusableDirectory(let dir, let why): "data directory \(dir) is unusable: \(why)"
+        }
+    }
+}

@@ -1,0 +1,1 @@
+import Testing; import HummingbirdTesting; import InMemoryTracing; @Test func b() {}
