@@ -108,18 +108,22 @@ let package = Package(
         .testTarget(
             name: "SkeinPipelineTests",
             dependencies: ["SkeinPipeline"],
-            exclude: ["CompileFail"],
-            swiftSettings: swiftSettings
+            exclude: ["CompileFail"]
         ),
         .testTarget(
             name: "SkeinNodeTests",
             dependencies: [
                 "SkeinNode",
                 "SkeinExamples",
+                "SkeinStore",
+                "skein",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
-            ],
-            swiftSettings: swiftSettings
+            ]
         ),
     ]
 )

@@ -23,24 +23,31 @@ import Testing
         return FileManager.default.fileExists(atPath: fallback.path) ? fallback : nil
     }
 
-    static func typecheck(_ fixture: String) throws -> (status: Int32, output: String) {
+    /// Type-checks a fixture in a child process, without blocking the cooperative thread pool.
+    static func typecheck(_ fixture: String) async throws -> (status: Int32, output: String) {
         let modules = try #require(modulesDirectory, "built modules not found next to the test binary")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["swiftc", "-typecheck", "-I", modules.path,
                              fixtures.appendingPathComponent("Fixture.swift").path,
                              fixtures.appendingPathComponent(fixture).path]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("skein-typecheck-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: output.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: output)
+        process.standardOutput = handle
+        process.standardError = handle
+        let (exited, sink) = AsyncStream.makeStream(of: Int32.self)
+        process.terminationHandler = { sink.yield($0.terminationStatus) }
         try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        var iterator = exited.makeAsyncIterator()
+        let status = await iterator.next() ?? -1
+        try handle.close()
+        defer { try? FileManager.default.removeItem(at: output) }
+        return (status, String(decoding: try Data(contentsOf: output), as: UTF8.self))
     }
 
-    @Test func declaredAccessCompiles() throws {
-        let result = try Self.typecheck("Allowed.swift")
+    @Test func declaredAccessCompiles() async throws {
+        let result = try await Self.typecheck("Allowed.swift")
         #expect(result.status == 0, "control fixture failed to type-check:\n\(result.output)")
     }
 
@@ -52,8 +59,8 @@ import Testing
         ("WrongType.swift", "cannot convert value of type 'Int'"),
         ("EffectIntoReadOnly.swift", "requires that 'Read<Cached>' conform to 'WriteAccess'"),
     ])
-    func undeclaredAccessDoesNotCompile(fixture: String, diagnostic: String) throws {
-        let result = try Self.typecheck(fixture)
+    func undeclaredAccessDoesNotCompile(fixture: String, diagnostic: String) async throws {
+        let result = try await Self.typecheck(fixture)
         #expect(result.status != 0, "\(fixture) type-checked, but must not")
         #expect(result.output.contains("error: \(diagnostic)") || result.output.contains(diagnostic),
                 "\(fixture) failed for another reason:\n\(result.output)")

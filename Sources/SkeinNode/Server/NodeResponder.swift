@@ -91,7 +91,7 @@ struct NodeResponder: HTTPResponder {
         if tracing {
             var context = ServiceContext.topLevel
             InstrumentationSystem.instrument.extract(request.headers, into: &context, using: HTTPFieldsExtractor())
-            let span = tracer.startSpan("\(request.method.rawValue) \(pipeline.route)", context: context, ofKind: .server,
+            let span = tracer.startSpan(pipeline.route, context: context, ofKind: .server,
                                         at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: startedNs))
             span.attributes["http.request.method"] = request.method.rawValue
             span.attributes["url.path"] = request.uri.path

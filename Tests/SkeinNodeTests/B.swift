@@ -1,1 +1,0 @@
-import Testing; import HummingbirdTesting; import InMemoryTracing; @Test func b() {}

@@ -1,0 +1,147 @@
+import Foundation
+import InMemoryTracing
+import Testing
+import Tracing
+
+/// The node's own behaviour on a real socket: system routes, bad input, traces, effects, shutdown.
+@Suite struct NodeTests {
+    @Test func healthAndClusterAndTrace() async throws {
+        let node = try await TestNode.start()
+        defer { Task { await node.stop() } }
+        let health = try await node.request("GET", "/healthz")
+        #expect(health.status == 200)
+        #expect(health.headers["skein-trace-id"] != nil)
+
+        let cluster = try #require(try await node.request("GET", "/v1/cluster").json() as? [String: Any])
+        #expect(cluster["node"] as? String == "n1")
+        #expect((cluster["members"] as? [[String: Any]])?.first?["state"] as? String == "alive")
+
+        let listed = try await node.request("GET", "/blog/posts")
+        let traceID = try #require(listed.headers["skein-trace-id"])
+        let timeline = try #require(try await node.request("GET", "/v1/traces/\(traceID)").json() as? [String: Any])
+        #expect(timeline["traceID"] as? String == traceID)
+        #expect(timeline["route"] as? String == "GET /blog/posts")
+        let steps = try #require(timeline["steps"] as? [[String: Any]])
+        #expect(steps.map { $0["name"] as? String } == ["blog.list_posts", "blog.render_posts"])
+        #expect(steps.first?["layer"] as? String == "main")
+        let effects = try #require(timeline["effects"] as? [[String: Any]])
+        #expect(effects.first?["kind"] as? String == "kv_scan")
+        #expect(effects.first?["outcome"] as? String == "success")
+        #expect(timeline["queueWaitNs"] as? Int != nil)
+        let text = try await node.request("GET", "/v1/traces/\(traceID)?format=text")
+        #expect(text.text.contains("Timeline:"))
+        #expect(try await node.request("GET", "/v1/traces/00000000000000000000000000000000").status == 404)
+    }
+
+    @Test func routingErrors() async throws {
+        let node = try await TestNode.start()
+        defer { Task { await node.stop() } }
+        let missing = try await node.request("GET", "/nowhere")
+        #expect(missing.status == 404)
+        #expect(missing.error?["what"] as? String == "route_not_found")
+        let wrong = try await node.request("DELETE", "/blog/posts")
+        #expect(wrong.status == 405)
+        #expect(wrong.headers["allow"] == "GET, HEAD, OPTIONS, POST")
+        let options = try await node.request("OPTIONS", "/blog/posts")
+        #expect(options.status == 204)
+        #expect(options.headers["allow"] == "GET, HEAD, OPTIONS, POST")
+        let head = try await node.request("HEAD", "/blog/posts")
+        #expect(head.status == 200)
+        #expect(head.body.isEmpty)
+    }
+
+    @Test func oversizedBodyIs413() async throws {
+        let node = try await TestNode.start { $0.maxBodySize = 1000 }
+        defer { Task { await node.stop() } }
+        let big = String(repeating: "x", count: 5000)
+        let r = try await node.request("POST", "/blog/posts", body: big)
+        #expect(r.status == 413)
+        #expect(r.error?["what"] as? String == "body_too_large")
+        #expect(try await node.request("GET", "/healthz").status == 200)
+    }
+
+    @Test func malformedRequestIs400AndDisconnectsCostNothing() async throws {
+        let node = try await TestNode.start()
+        defer { Task { await node.stop() } }
+        let garbage = try await run("bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(node.port); printf 'THIS IS NOT HTTP\\r\\n\\r\\n' >&3; timeout 5 cat <&3"])
+        #expect(garbage.output.hasPrefix("HTTP/1.1 400"), "got: \(garbage.output)")
+        // A client that sends half a body and vanishes, many times over.
+        for _ in 0..<20 {
+            try await run("bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(node.port); printf 'POST /blog/posts HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 1000\\r\\n\\r\\n{\"title\"' >&3; exec 3>&-"])
+        }
+        #expect(try await node.request("GET", "/healthz").status == 200)
+        #expect(try await node.request("POST", "/blog/posts", body: #"{"title":"t","content":"c","author":"a"}"#).status == 201)
+    }
+
+    @Test func effectsOnARealNode() async throws {
+        let node = try await TestNode.start()
+        defer { Task { await node.stop() } }
+        _ = try await node.request("POST", "/t/sql", body: "one")
+        let sql = try await node.request("POST", "/t/sql", body: "two")
+        #expect(sql.text == #"["one","two"]"#)
+
+        let compute = try await node.request("GET", "/t/compute")
+        #expect(compute.text == "500500")
+
+        let http = try await node.request("GET", "/t/http?url=\(node.base)/healthz")
+        #expect(http.text == "200 ok\n")
+        let upstream500 = try await node.request("GET", "/t/http?url=\(node.base)/t/fail")
+        #expect(upstream500.status == 502)
+        #expect(upstream500.error?["what"] as? String == "upstream_error")
+        // AsyncHTTPClient keeps retrying a refused connection until the effect's timeout.
+        let refused = try await node.request("GET", "/t/http?url=http://127.0.0.1:1/")
+        #expect([502, 504].contains(refused.status))
+    }
+
+    @Test func tracesAreSpansAndTraceparentIsHonoured() async throws {
+        let tracer = InMemoryTracer()
+        let node = try await TestNode.start(tracer: tracer)
+        defer { Task { await node.stop() } }
+        let incoming = "0af7651916cd43dd8448eb211c80319c"
+        let r = try await node.request("GET", "/blog/posts", headers: [("traceparent", "00-\(incoming)-b7ad6b7169203331-01")])
+        #expect(r.headers["skein-trace-id"] == incoming)
+        let timeline = try #require(try await node.request("GET", "/v1/traces/\(incoming)").json() as? [String: Any])
+        #expect(timeline["traceID"] as? String == incoming)
+
+        let spans = tracer.finishedSpans
+        let server = try #require(spans.first { $0.kind == .server })
+        #expect(server.operationName == "GET /blog/posts")
+        let steps = spans.filter { $0.kind == .internal }
+        #expect(steps.map(\.operationName).sorted() == ["skein.step.blog.list_posts", "skein.step.blog.render_posts"])
+        #expect(steps.allSatisfy { $0.parentSpanID == server.spanID && $0.traceID == server.traceID })
+        let effect = try #require(spans.first { $0.kind == .client })
+        #expect(effect.operationName == "skein.effect.kv_scan")
+        #expect(effect.parentSpanID == server.spanID)
+        #expect(effect.attributes["effect.target"]?.toSpanAttribute() == .string("blog/posts/*"))
+        #expect(steps.first?.attributes["step.layer"]?.toSpanAttribute() == .string("main"))
+        #expect(server.events.isEmpty == false, "need events are recorded on the request span")
+
+        // A malformed traceparent starts a fresh trace instead.
+        let fresh = try await node.request("GET", "/healthz", headers: [("traceparent", "garbage")])
+        #expect(fresh.headers["skein-trace-id"] != incoming)
+    }
+
+    @Test func slowRequestsPrintTheirTimeline() async throws {
+        let logs = CapturedLogs()
+        let node = try await TestNode.start(logger: logs.logger) {
+            $0.slowRequestMs = 0
+            $0.logLevel = .info
+        }
+        defer { Task { await node.stop() } }
+        _ = try await node.request("GET", "/blog/posts")
+        let slow = logs.all.first { $0.contains("slow request") }
+        #expect(slow?.contains("Request: GET /blog/posts") == true)
+        #expect(slow?.contains("→ kv_scan(blog/posts/*)") == true)
+    }
+
+    @Test func gracefulShutdownLetsInFlightRequestsFinish() async throws {
+        let node = try await TestNode.start()
+        async let slow = node.request("GET", "/t/compute?ms=700")
+        try await Task.sleep(for: .milliseconds(200))
+        await node.group.triggerGracefulShutdown()
+        let response = try await slow
+        #expect(response.status == 200)
+        #expect(response.text == "500500")
+        _ = try? await node.task.value
+    }
+}

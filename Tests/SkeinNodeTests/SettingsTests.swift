@@ -1,0 +1,52 @@
+import Foundation
+import SkeinNode
+import Testing
+
+@Suite struct SettingsTests {
+    @Test func defaultsMatchTheContract() async throws {
+        let s = try await NodeSettings.load(flags: [:], configFile: nil, environment: [:])
+        #expect(s.listen.description == "127.0.0.1:8080")
+        #expect(s.peer.description == "127.0.0.1:7946")
+        #expect(s.data == "./skein-data")
+        #expect(s.maxBodySize == 1 << 20)
+    }
+
+    @Test func flagsBeatEnvironmentWhichBeatsTheFile() async throws {
+        let file = temporaryDirectory() + "/skein.json"
+        try Data(#"{"listen":"127.0.0.1:9000","maxBodySize":100,"name":"from-file","seeds":"127.0.0.1:9081,127.0.0.1:9082"}"#.utf8)
+            .write(to: URL(fileURLWithPath: file))
+        let env = ["SKEIN_MAX_BODY_SIZE": "200", "SKEIN_NAME": "from-env", "SKEIN_SLOW_REQUEST_MS": "12.5"]
+        let s = try await NodeSettings.load(flags: ["name": "from-flag"], configFile: file, environment: env)
+        #expect(s.name == "from-flag")
+        #expect(s.maxBodySize == 200)
+        #expect(s.listen.port == 9000)
+        #expect(s.slowRequestMs == 12.5)
+        #expect(s.seeds.map(\.description) == ["127.0.0.1:9081", "127.0.0.1:9082"])
+    }
+
+    @Test func badValuesNameTheSetting() async throws {
+        let cases: [([String: String], String)] = [
+            (["listen": "nowhere"], "--listen"),
+            (["maxBodySize": "-3"], "--max-body-size"),
+            (["logLevel": "loud"], "--log-level"),
+            (["seeds": "127.0.0.1:1,bad"], "--seeds"),
+            (["name": "has space"], "--name"),
+        ]
+        for (flags, named) in cases {
+            await #expect {
+                try await NodeSettings.load(flags: flags, configFile: nil, environment: [:])
+            } throws: { error in
+                "\(error)".contains(named) && "\(error)".contains(NodeSettings.environmentName((error as! SettingsError).setting))
+            }
+        }
+        await #expect(throws: SettingsError.self) {
+            try await NodeSettings.load(flags: [:], configFile: "/nonexistent/skein.json", environment: [:])
+        }
+    }
+
+    @Test func namesAreDerivedOneWay() {
+        #expect(NodeSettings.flagName("maxBodySize") == "max-body-size")
+        #expect(NodeSettings.environmentName("maxBodySize") == "SKEIN_MAX_BODY_SIZE")
+        #expect(NodeSettings.environmentName("clusterSecret") == "SKEIN_CLUSTER_SECRET")
+    }
+}

