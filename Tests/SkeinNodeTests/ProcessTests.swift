@@ -76,10 +76,30 @@ import Testing
         let health = try await run("curl", ["-s", "http://127.0.0.1:\(servingPort)/healthz"])
         #expect(health.output == "ok\n")
 
+        // A connection that never says a word must not hold up the shutdown.
+        let silent = Process()
+        silent.executableURL = URL(fileURLWithPath: "/bin/bash")
+        silent.arguments = ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(servingPort); sleep 20"]
+        try silent.run()
+        defer { silent.terminate() }
+        try await Task.sleep(for: .milliseconds(200))
+
         kill(process.processIdentifier, SIGTERM)
-        var iterator = exited.makeAsyncIterator()
-        let status = await iterator.next()
-        #expect(status == 0)
+        let status = await withTaskGroup(of: Int32?.self) { group in
+            group.addTask {
+                var iterator = exited.makeAsyncIterator()
+                return await iterator.next()
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(10))
+                return nil
+            }
+            let first = await group.next()!
+            group.cancelAll()
+            return first
+        }
+        if status == nil { process.terminate() }
+        #expect(status == 0, "the node did not stop within 10 s of SIGTERM")
         let text = try String(contentsOfFile: log, encoding: .utf8)
         #expect(text.contains("stopped"), "\(text)")
     }

@@ -85,4 +85,16 @@ final class HTTP2PrefaceSniffer: ChannelInboundHandler, RemovableChannelHandler 
         buffered = nil
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
+
+    /// Before the protocol is known there is nothing to finish: a peer that half-closes, or a
+    /// server shutting down, simply closes the connection (else graceful shutdown would wait on
+    /// a connection that never spoke).
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case ChannelEvent.inputClosed, is ChannelShouldQuiesceEvent:
+            context.close(promise: nil)
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
 }

@@ -31,15 +31,16 @@ struct NodeResponder: HTTPResponder {
         let incoming = request.headers[.traceparent].flatMap(TraceParent.init(header:))
         let traceID = incoming?.traceID ?? TraceParent.randomTraceID()
         let path = request.uri.path
+        let query = request.uri.query
         var response: SkeinPipeline.Response
 
-        if let answer = await system.answer(method: request.method, path: path, query: request.uri.query) {
+        if let answer = await system.answer(method: request.method, path: path, query: query) {
             response = answer
         } else {
             switch router.match(method: request.method.rawValue, path: path) {
             case .found(let pipeline, let parameters, _):
-                response = await run(pipeline, request: request, parameters: parameters, traceID: traceID,
-                                     incoming: incoming, arrival: arrival)
+                response = await run(pipeline, request: request, path: path, query: query, parameters: parameters,
+                                     traceID: traceID, incoming: incoming, arrival: arrival)
             case .methodNotAllowed(let allow):
                 if request.method == .options {
                     response = SkeinPipeline.Response(status: .noContent)
@@ -54,7 +55,7 @@ struct NodeResponder: HTTPResponder {
                                                              message: "no route for \(request.method.rawValue) \(path)"))
             }
         }
-        response.headers[HTTPField.Name("skein-trace-id")!] = traceID
+        response.headers[.skeinTraceID] = traceID
         requests.increment()
         if response.status.code >= 500 { failures.increment() }
         latency.recordNanoseconds((ContinuousClock.now - arrival).nanoseconds)
@@ -63,11 +64,11 @@ struct NodeResponder: HTTPResponder {
     }
 
     private func run(
-        _ pipeline: Pipeline, request: Request, parameters: [String: String], traceID: String,
+        _ pipeline: Pipeline, request: Request, path: String, query: String?, parameters: [String: String], traceID: String,
         incoming: TraceParent?, arrival: ContinuousClock.Instant
     ) async -> SkeinPipeline.Response {
         let startedNs = UInt64(Date().timeIntervalSince1970 * 1e9)
-        var timeline = Timeline(traceID: traceID, method: request.method.rawValue, path: request.uri.path,
+        var timeline = Timeline(traceID: traceID, method: request.method.rawValue, path: path,
                                 startedAtMs: Int64(startedNs / 1_000_000))
         let body: Data
         do {
@@ -83,7 +84,7 @@ struct NodeResponder: HTTPResponder {
             return runner.renderer.render(SkeinError(code: 400, what: "bad_request", message: "could not read the body: \(error)"))
         }
         let info = RequestInfo(
-            method: request.method, path: request.uri.path, query: request.uri.query, headers: request.headers,
+            method: request.method, path: path, query: query, headers: request.headers,
             body: body, parameters: parameters, traceID: traceID, requestID: TraceParent.randomSpanID(),
             receivedAtMs: Int64(startedNs / 1_000_000))
 
@@ -94,7 +95,7 @@ struct NodeResponder: HTTPResponder {
             let span = tracer.startSpan(pipeline.route, context: context, ofKind: .server,
                                         at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: startedNs))
             span.attributes["http.request.method"] = request.method.rawValue
-            span.attributes["url.path"] = request.uri.path
+            span.attributes["url.path"] = path
             if let incoming { span.attributes["skein.parent_trace"] = incoming.header }
             result = await runner.run(pipeline, request: info, arrival: arrival, timeline: &timeline)
             TimelineSpans.emit(timeline, under: span, tracer: tracer, startNs: startedNs)
@@ -116,9 +117,10 @@ struct NodeResponder: HTTPResponder {
 
     /// The body, at most `maxBodySize` bytes: a larger one is a 413.
     private func collectBody(_ request: Request) async throws -> Data {
-        if let length = request.headers[.contentLength].flatMap(Int.init), length > settings.maxBodySize {
-            throw tooLarge(length)
-        }
+        let length = request.headers[.contentLength].flatMap(Int.init)
+        if let length, length > settings.maxBodySize { throw tooLarge(length) }
+        // A GET or HEAD announcing no body has none to wait for.
+        if length == nil || length == 0, request.method == .get || request.method == .head { return Data() }
         var buffer = ByteBuffer()
         for try await var chunk in request.body {
             guard buffer.readableBytes + chunk.readableBytes <= settings.maxBodySize else {
@@ -144,4 +146,5 @@ struct HTTPFieldsExtractor: Extractor {
 
 extension HTTPField.Name {
     static let traceparent = HTTPField.Name("traceparent")!
+    static let skeinTraceID = HTTPField.Name("skein-trace-id")!
 }

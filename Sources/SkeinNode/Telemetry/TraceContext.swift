@@ -24,8 +24,8 @@ struct TraceParent: Sendable, Equatable {
 
     var header: String { "00-\(traceID)-\(parentID)-\(flags)" }
 
-    static func randomTraceID() -> String { hex(UInt64.random(in: 1...UInt64.max)) + hex(UInt64.random(in: 0...UInt64.max)) }
-    static func randomSpanID() -> String { hex(UInt64.random(in: 1...UInt64.max)) }
+    static func randomTraceID() -> String { hex(IDGenerator.next() | 1) + hex(IDGenerator.next()) }
+    static func randomSpanID() -> String { hex(IDGenerator.next() | 1) }
 
     static func hex(_ value: UInt64) -> String {
         let digits = Array("0123456789abcdef".utf8)
@@ -36,5 +36,20 @@ struct TraceParent: Sendable, Equatable {
             v >>= 4
         }
         return String(decoding: out, as: UTF8.self)
+    }
+}
+
+import Synchronization
+
+/// Fresh 64-bit ids without a system call per request: SplitMix64 over an atomic counter,
+/// started from a random seed, so ids look random and never repeat within a process.
+enum IDGenerator {
+    private static let counter = Atomic<UInt64>(UInt64.random(in: 0...UInt64.max))
+
+    static func next() -> UInt64 {
+        var z = counter.wrappingAdd(0x9E37_79B9_7F4A_7C15, ordering: .relaxed).newValue
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

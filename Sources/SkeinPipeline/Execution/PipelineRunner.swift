@@ -47,11 +47,12 @@ public struct PipelineRunner: Sendable {
     ) async -> RunResult {
         let clock = ContinuousClock()
         let origin = arrival ?? clock.now
-        var state = StepState(request: request, slots: slots, stepName: "")
+        let state = StepState(request: request, slots: slots, stepName: "")
         var machine = PipelineMachine(chain: pipeline.chain)
         var sequence = 0
         var needSequence = 0
         timeline.route = pipeline.route
+        timeline.steps.reserveCapacity(pipeline.chain.count)
         timeline.queueWaitNs = (clock.now - origin).nanoseconds
         var next = machine.begin()
 
@@ -63,7 +64,7 @@ public struct PipelineRunner: Sendable {
                 let start = clock.now
                 var outcome: String
                 do {
-                    let decision = try step.body(&state)
+                    let decision = try step.body(state)
                     outcome = decision.outcomeName
                     next = machine.stepDecided(decision, by: step, layer: layer)
                 } catch let error as SkeinError {
@@ -81,7 +82,7 @@ public struct PipelineRunner: Sendable {
 
             case .effects(let need, let step, let layer):
                 needSequence += 1
-                let failure = await runNeed(need, step: step.name, sequence: needSequence, state: &state,
+                let failure = await runNeed(need, step: step.name, sequence: needSequence, state: state,
                                             origin: origin, clock: clock, timeline: &timeline)
                 next = machine.needResolved(need, layer: layer, failure: failure)
 
@@ -109,7 +110,7 @@ public struct PipelineRunner: Sendable {
     }
 
     private func runNeed(
-        _ need: Need, step: String, sequence: Int, state: inout StepState,
+        _ need: Need, step: String, sequence: Int, state: StepState,
         origin: ContinuousClock.Instant, clock: ContinuousClock, timeline: inout Timeline
     ) async -> SkeinError? {
         let needStart = clock.now
@@ -166,6 +167,10 @@ public struct PipelineRunner: Sendable {
                                                     message: "could not deliver the result of \(need.effects[index].kind): \(error)")
                 }
             }
+        }
+        if outcome == nil, failure == nil {
+            // The request itself was cancelled (its client went away) before the join resolved.
+            failure = SkeinError(code: 499, what: "request_cancelled", key: step, message: "the request was cancelled while its effects ran")
         }
         if case .failure(let index) = outcome, failure == nil {
             let effect = need.effects[index]

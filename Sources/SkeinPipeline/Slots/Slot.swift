@@ -29,24 +29,22 @@ public struct SlotID: Hashable, Sendable, CustomStringConvertible {
 /// The per-request slot storage. Values keep their static type: each is read back with a
 /// checked cast to the slot's `Value`, never an unchecked one.
 public struct SlotValues: Sendable {
-    private var storage: [ObjectIdentifier: any Sendable] = [:]
-    private var names: [ObjectIdentifier: String] = [:]
+    @usableFromInline var storage: [ObjectIdentifier: any Sendable] = [:]
 
     public init() {}
 
     /// The slot's value, or nil if nothing has written it.
-    public func value<S: Slot>(of slot: S.Type) -> S.Value? {
+    @inlinable public func value<S: Slot>(of slot: S.Type) -> S.Value? {
         guard let boxed = storage[ObjectIdentifier(slot)] else { return nil }
         return boxed as? S.Value
     }
 
-    public mutating func set<S: Slot>(_ slot: S.Type, to value: S.Value) {
+    @inlinable public mutating func set<S: Slot>(_ slot: S.Type, to value: S.Value) {
         storage[ObjectIdentifier(slot)] = value
-        names[ObjectIdentifier(slot)] = String(describing: slot)
     }
 
     public func contains(_ id: SlotID) -> Bool { storage[id.key] != nil }
 
-    /// The names of the slots holding a value, sorted (for diagnostics and test failures).
-    public var filledSlotNames: [String] { names.values.sorted() }
+    /// How many slots hold a value.
+    public var count: Int { storage.count }
 }

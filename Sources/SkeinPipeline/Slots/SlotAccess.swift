@@ -64,7 +64,7 @@ public protocol SlotView: Sendable {
 
 extension SlotView {
     /// The declarations of this view, read once when a step is built.
-    static var declarations: [SlotDeclaration] {
+    @usableFromInline static var declarations: [SlotDeclaration] {
         Mirror(reflecting: Self()).children.compactMap { ($0.value as? any SlotAccess)?.declaration }
     }
 }

@@ -16,29 +16,31 @@ public struct Step: Sendable, CustomStringConvertible {
     public let declarations: [SlotDeclaration]
     /// Steps this step may name as `then:` in a `.need`.
     public let continuations: [Step]
-    let body: @Sendable (inout StepState) throws -> Decision
+
+    @usableFromInline init(name: String, declarations: [SlotDeclaration], continuations: [Step],
+                           body: @escaping @Sendable (StepState) throws -> Decision) {
+        self.name = name
+        self.declarations = declarations
+        self.continuations = continuations
+        self.body = body
+    }
+    @usableFromInline let body: @Sendable (StepState) throws -> Decision
 
     /// A step with a slot view.
-    public init<View: SlotView>(
+    @inlinable public init<View: SlotView>(
         _ name: String,
         view: View.Type,
         continuations: [Step] = [],
         _ body: @escaping @Sendable (inout StepContext<View>) throws -> Decision
     ) {
-        self.name = name
-        self.declarations = View.declarations
-        self.continuations = continuations
-        self.body = { state in
+        self.init(name: name, declarations: View.declarations, continuations: continuations) { state in
             var context = StepContext<View>(state: state)
-            // Drop the caller's reference so the step's writes do not copy the slot storage.
-            state.slots = SlotValues()
-            defer { state = context.state }
             return try body(&context)
         }
     }
 
     /// A step that touches no slots.
-    public init(
+    @inlinable public init(
         _ name: String,
         continuations: [Step] = [],
         _ body: @escaping @Sendable (inout StepContext<NoSlots>) throws -> Decision
@@ -58,9 +60,19 @@ public struct Step: Sendable, CustomStringConvertible {
     }
 }
 
-/// The mutable state a step runs against: request, slots, and the step's name for errors.
-struct StepState: Sendable {
-    var request: RequestInfo
-    var slots: SlotValues
-    var stepName: String
+/// The mutable state a request's steps run against: request, slots, and the running step's
+/// name for errors. A reference, so handing it to each step copies nothing.
+///
+/// `@unchecked Sendable`: one request's state is used by one task at a time — the runner hands
+/// it to a step and takes it back before anything else touches it; effect tasks never see it.
+@usableFromInline final class StepState: @unchecked Sendable {
+    @usableFromInline var request: RequestInfo
+    @usableFromInline var slots: SlotValues
+    @usableFromInline var stepName: String
+
+    @usableFromInline init(request: RequestInfo, slots: SlotValues, stepName: String) {
+        self.request = request
+        self.slots = slots
+        self.stepName = stepName
+    }
 }

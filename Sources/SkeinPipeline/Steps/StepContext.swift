@@ -5,28 +5,30 @@ public import Foundation
 /// Reads and writes name a property of the view by key path; the access right's type decides
 /// what is allowed, so `put` on a ``Read`` or any access to a slot the view lacks does not compile.
 public struct StepContext<View: SlotView>: Sendable {
-    var state: StepState
+    @usableFromInline let state: StepState
 
-    init(state: StepState) { self.state = state }
+    @inlinable init(state: StepState) { self.state = state }
 
     public var request: RequestInfo { state.request }
 
     /// The value of a slot the view reads; a 500 naming step and slot if it is empty.
-    public func require<A: ReadAccess>(_ path: KeyPath<View, A>) throws(SkeinError) -> A.Target.Value {
-        guard let value = state.slots.value(of: A.Target.self) else {
-            throw SkeinError(code: 500, what: "slot_missing", key: String(describing: A.Target.self),
-                             message: "step '\(state.stepName)' requires slot '\(A.Target.self)', which is empty")
-        }
+    @inlinable public func require<A: ReadAccess>(_ path: KeyPath<View, A>) throws(SkeinError) -> A.Target.Value {
+        guard let value = state.slots.value(of: A.Target.self) else { throw missing(A.Target.self) }
         return value
     }
 
+    @usableFromInline func missing<S: Slot>(_ slot: S.Type) -> SkeinError {
+        SkeinError(code: 500, what: "slot_missing", key: String(describing: slot),
+                   message: "step '\(state.stepName)' requires slot '\(slot)', which is empty")
+    }
+
     /// The value of a slot the view reads, or nil if it is empty.
-    public func optional<A: ReadAccess>(_ path: KeyPath<View, A>) -> A.Target.Value? {
+    @inlinable public func optional<A: ReadAccess>(_ path: KeyPath<View, A>) -> A.Target.Value? {
         state.slots.value(of: A.Target.self)
     }
 
     /// Writes a slot the view may write.
-    public mutating func put<A: WriteAccess>(_ path: KeyPath<View, A>, _ value: A.Target.Value) {
+    @inlinable public mutating func put<A: WriteAccess>(_ path: KeyPath<View, A>, _ value: A.Target.Value) {
         state.slots.set(A.Target.self, to: value)
     }
 }

@@ -21,9 +21,9 @@ public struct PipelineHarness: Sendable {
 
     /// Runs one step against the seeded slots; its writes stay in ``slots``.
     public mutating func runStep(_ step: Step, request: RequestInfo = RequestInfo(.get, "/")) throws -> Decision {
-        var state = StepState(request: request, slots: slots, stepName: step.name)
+        let state = StepState(request: request, slots: slots, stepName: step.name)
         defer { slots = state.slots }
-        return try step.body(&state)
+        return try step.body(state)
     }
 
     /// Delivers an effect's result into the slots, as the runtime would after the effect ran.
