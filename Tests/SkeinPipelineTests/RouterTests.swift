@@ -43,6 +43,13 @@ import Testing
         #expect(Self.found(u.match(method: "GET", path: "/x/x"))?.0 == "GET /:a/x", "first registered wins a full tie")
     }
 
+    @Test func aLiteralRouteWithoutTheMethodFallsBackToAParameterRoute() throws {
+        let t = try Self.table([("GET", "/posts/new"), ("DELETE", "/posts/:id")])
+        #expect(Self.found(t.match(method: "GET", path: "/posts/new"))?.0 == "GET /posts/new")
+        #expect(Self.found(t.match(method: "DELETE", path: "/posts/new"))?.1 == ["id": "new"])
+        #expect(Self.found(t.match(method: "GET", path: "//posts/new/"))?.0 == "GET /posts/new", "non-canonical paths still match")
+    }
+
     @Test func headFallsBackToGet() throws {
         let t = try Self.table([("GET", "/p")])
         #expect(Self.found(t.match(method: "HEAD", path: "/p"))?.0 == "GET /p")

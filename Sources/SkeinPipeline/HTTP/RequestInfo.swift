@@ -50,11 +50,25 @@ public struct RequestInfo: Sendable {
     /// The first value of a query parameter, percent-decoded (`+` is a space).
     public func queryParameter(_ name: String) -> String? {
         guard let query else { return nil }
-        for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
-            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            guard parts.first.map(String.init) == name else { continue }
-            let raw = parts.count > 1 ? String(parts[1]) : ""
-            return raw.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? raw
+        // Walk the query in place: this runs on hot paths, so no splitting into arrays and no
+        // Foundation decoding unless the value needs it.
+        var rest = query[...]
+        while !rest.isEmpty {
+            let pair: Substring
+            if let amp = rest.firstIndex(of: "&") {
+                pair = rest[..<amp]
+                rest = rest[rest.index(after: amp)...]
+            } else {
+                pair = rest
+                rest = rest[rest.endIndex...]
+            }
+            let eq = pair.firstIndex(of: "=")
+            guard (eq.map { pair[..<$0] } ?? pair) == name else { continue }
+            guard let eq else { return "" }
+            let raw = pair[pair.index(after: eq)...]
+            guard raw.contains(where: { $0 == "+" || $0 == "%" }) else { return String(raw) }
+            let spaced = String(raw).replacingOccurrences(of: "+", with: " ")
+            return spaced.removingPercentEncoding ?? spaced
         }
         return nil
     }

@@ -13,12 +13,16 @@ public struct Response: Sendable {
         self.body = body
     }
 
+    static let textHeaders: HTTPFields = [.contentType: "text/plain; charset=utf-8"]
+    static let htmlHeaders: HTTPFields = [.contentType: "text/html; charset=utf-8"]
+    static let jsonHeaders: HTTPFields = [.contentType: "application/json"]
+
     public static func text(_ text: String, status: HTTPResponse.Status = .ok) -> Response {
-        Response(status: status, headers: [.contentType: "text/plain; charset=utf-8"], body: Data(text.utf8))
+        Response(status: status, headers: textHeaders, body: Data(text.utf8))
     }
 
     public static func html(_ html: String, status: HTTPResponse.Status = .ok) -> Response {
-        Response(status: status, headers: [.contentType: "text/html; charset=utf-8"], body: Data(html.utf8))
+        Response(status: status, headers: htmlHeaders, body: Data(html.utf8))
     }
 
     /// A JSON response; keys are sorted so bodies are stable.
@@ -26,11 +30,11 @@ public struct Response: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let body = (try? encoder.encode(value)) ?? Data("null".utf8)
-        return Response(status: status, headers: [.contentType: "application/json"], body: body)
+        return Response(status: status, headers: jsonHeaders, body: body)
     }
 
     public static func json(raw: Data, status: HTTPResponse.Status = .ok) -> Response {
-        Response(status: status, headers: [.contentType: "application/json"], body: raw)
+        Response(status: status, headers: jsonHeaders, body: raw)
     }
 
     public static var noContent: Response { Response(status: .noContent) }

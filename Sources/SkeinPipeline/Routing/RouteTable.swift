@@ -28,6 +28,9 @@ public struct RouteTable<Value: Sendable>: Sendable {
     }
 
     private var entries: [Entry] = []
+    /// Index of the entry for each all-literal pattern, by canonical path (`/a/b`): such a
+    /// pattern is the most specific possible match for its path, so it needs no scan.
+    private var literalPaths: [String: Int] = [:]
 
     public init() {}
 
@@ -54,6 +57,10 @@ public struct RouteTable<Value: Sendable>: Sendable {
             if a.parameters != b.parameters { return a.parameters < b.parameters }
             if a.hasWildcard != b.hasWildcard { return !a.hasWildcard }
             return a.order < b.order
+        }
+        literalPaths = [:]
+        for (i, entry) in entries.enumerated() where entry.parameters == 0 {
+            literalPaths["/" + entry.segments.map { if case .literal(let l) = $0 { l } else { "" } }.joined(separator: "/")] = i
         }
     }
 
@@ -82,6 +89,9 @@ public struct RouteTable<Value: Sendable>: Sendable {
 
     /// Finds the route for a request.
     public func match(method: String, path: String) -> Match {
+        if let i = literalPaths[path], let value = entries[i].methods[method] ?? (method == "HEAD" ? entries[i].methods["GET"] : nil) {
+            return .found(value, parameters: [:], pattern: entries[i].pattern)
+        }
         let parts = path.split(separator: "/", omittingEmptySubsequences: true)
         var allowed: [String]?
         for entry in entries {
