@@ -34,7 +34,7 @@ struct NodeResponder: HTTPResponder {
         let query = request.uri.query
         var response: SkeinPipeline.Response
 
-        if let answer = await system.answer(method: request.method, path: path, query: query) {
+        if let answer = system.answer(method: request.method, path: path, query: query) {
             response = answer
         } else {
             switch router.match(method: request.method.rawValue, path: path) {

@@ -9,7 +9,7 @@ struct SystemRoutes: Sendable {
     let renderer: any ErrorRenderer
     let readiness: Readiness
 
-    func answer(method: HTTPRequest.Method, path: String, query: String?) async -> Response? {
+    func answer(method: HTTPRequest.Method, path: String, query: String?) -> Response? {
         guard path.hasPrefix("/healthz") || path.hasPrefix("/v1/") else { return nil }
         let parts = path.split(separator: "/", omittingEmptySubsequences: true)
         let readOnly = method == .get || method == .head

@@ -24,18 +24,24 @@ struct TraceParent: Sendable, Equatable {
 
     var header: String { "00-\(traceID)-\(parentID)-\(flags)" }
 
-    static func randomTraceID() -> String { hex(IDGenerator.next() | 1) + hex(IDGenerator.next()) }
+    static func randomTraceID() -> String { hex(IDGenerator.next() | 1, IDGenerator.next()) }
     static func randomSpanID() -> String { hex(IDGenerator.next() | 1) }
 
-    static func hex(_ value: UInt64) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out = [UInt8](repeating: 0, count: 16)
-        var v = value
-        for i in (0..<16).reversed() {
-            out[i] = digits[Int(v & 0xf)]
-            v >>= 4
+    /// The values as lowercase hex, 16 digits each, written straight into one string.
+    static func hex(_ values: UInt64...) -> String {
+        String(unsafeUninitializedCapacity: 16 * values.count) { buffer in
+            var at = 0
+            for value in values {
+                var v = value
+                for i in (0..<16).reversed() {
+                    let nibble = UInt8(truncatingIfNeeded: v & 0xf)
+                    buffer[at + i] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble
+                    v >>= 4
+                }
+                at += 16
+            }
+            return at
         }
-        return String(decoding: out, as: UTF8.self)
     }
 }
 
