@@ -86,23 +86,24 @@ public final class SkeinNode: Service, Sendable {
                 await onServing(port)
             },
             logger: logger)
+        var failure: (any Error)?
         do {
             try await app.run()
-        } catch let error as IOError where error.errnoCode == EADDRINUSE {
-            try? await http.shutdown()
-            try? await compute.shutdownGracefully()
-            throw NodeStartError("port \(settings.listen) is in use (--listen)")
-        } catch let error as IOError {
-            try? await http.shutdown()
-            try? await compute.shutdownGracefully()
-            throw NodeStartError("cannot listen on \(settings.listen): \(error)")
         } catch {
-            try? await http.shutdown()
-            try? await compute.shutdownGracefully()
-            throw error
+            failure = error
         }
         try? await http.shutdown()
         try? await compute.shutdownGracefully()
+        switch failure {
+        case nil:
+            break
+        case let error as IOError where error.errnoCode == EADDRINUSE:
+            throw NodeStartError("port \(settings.listen) is in use (--listen)")
+        case let error as IOError:
+            throw NodeStartError("cannot listen on \(settings.listen): \(error)")
+        case let error?:
+            throw error
+        }
         logger.info("stopped")
     }
 }
