@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SkeinPipeline", targets: ["SkeinPipeline"]),
+        .library(name: "SkeinCluster", targets: ["SkeinCluster"]),
         .library(name: "SkeinStore", targets: ["SkeinStore"]),
         .library(name: "SkeinNode", targets: ["SkeinNode"]),
         .library(name: "SkeinExamples", targets: ["SkeinExamples"]),
@@ -31,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
     ],
     targets: [
         // Pure pipeline core: steps, decisions, slots, views, router, errors, timelines. No I/O.
@@ -39,6 +42,11 @@ let package = Package(
             dependencies: [
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // Pure cluster core: membership (SWIM + Lifeguard), message types and codec. No I/O.
+        .target(
+            name: "SkeinCluster",
             swiftSettings: swiftSettings
         ),
         // The node's own SQLite database (GRDB, WAL): local key-value and SQL.
@@ -55,7 +63,9 @@ let package = Package(
             name: "SkeinNode",
             dependencies: [
                 "SkeinPipeline",
+                "SkeinCluster",
                 "SkeinStore",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdHTTP2", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -109,6 +119,13 @@ let package = Package(
             name: "SkeinPipelineTests",
             dependencies: ["SkeinPipeline"],
             exclude: ["CompileFail"]
+        ),
+        .testTarget(
+            name: "SkeinClusterTests",
+            dependencies: [
+                "SkeinCluster",
+                .product(name: "HeapModule", package: "swift-collections"),
+            ]
         ),
         .testTarget(
             name: "SkeinNodeTests",

@@ -1,0 +1,185 @@
+/// The wire format of membership messages: compact binary, versioned.
+///
+/// A body is `version (1 byte) · count (varint) · envelope*`. Integers are LEB128 varints,
+/// strings a varint length and UTF-8 bytes, lists a varint count and their items. The decoder
+/// trusts nothing: every length is bounded, every byte accounted for, and anything else is a
+/// ``MembershipCodecError`` (never a crash), which the node answers with 400.
+public enum MembershipCodec {
+    public static let version: UInt8 = 1
+    public static let maxEnvelopes = 64
+    public static let maxUpdates = 256
+    public static let maxMembers = 4096
+    public static let maxString = 255
+
+    public static func encode(_ envelopes: [Envelope]) -> [UInt8] {
+        var w = Writer()
+        w.bytes.append(version)
+        w.varint(UInt64(envelopes.count))
+        for envelope in envelopes {
+            w.member(envelope.from)
+            switch envelope.message {
+            case .ping(let seq, let target, let updates):
+                w.bytes.append(1); w.varint(seq); w.string(target.name); w.varint(target.generation); w.updates(updates)
+            case .ack(let seq, let updates):
+                w.bytes.append(2); w.varint(seq); w.updates(updates)
+            case .nack(let seq, let updates):
+                w.bytes.append(3); w.varint(seq); w.updates(updates)
+            case .pingRequest(let seq, let target, let updates):
+                w.bytes.append(4); w.varint(seq); w.member(target); w.updates(updates)
+            case .sync(let members, let wantsReply):
+                w.bytes.append(5); w.bytes.append(wantsReply ? 1 : 0); w.varint(UInt64(members.count))
+                for member in members { w.member(member) }
+            case .announce(let updates):
+                w.bytes.append(6); w.updates(updates)
+            }
+        }
+        return w.bytes
+    }
+
+    public static func decode<Bytes: Collection<UInt8>>(_ bytes: Bytes) throws(MembershipCodecError) -> [Envelope] {
+        var r = Reader(bytes: Array(bytes))
+        let v = try r.byte("version")
+        guard v == version else { throw .unsupportedVersion(v) }
+        let count = try r.count("envelope count", max: maxEnvelopes)
+        var envelopes: [Envelope] = []
+        envelopes.reserveCapacity(count)
+        for _ in 0..<count {
+            let from = try r.member()
+            let message: MembershipMessage
+            switch try r.byte("message kind") {
+            case 1:
+                let seq = try r.varint("seq")
+                let target = MemberID(name: try r.string("target"), generation: try r.varint("generation"))
+                message = .ping(seq: seq, target: target, updates: try r.updates())
+            case 2: message = .ack(seq: try r.varint("seq"), updates: try r.updates())
+            case 3: message = .nack(seq: try r.varint("seq"), updates: try r.updates())
+            case 4:
+                let seq = try r.varint("seq")
+                let target = try r.member()
+                message = .pingRequest(seq: seq, target: target, updates: try r.updates())
+            case 5:
+                let wantsReply: Bool
+                switch try r.byte("wantsReply") {
+                case 0: wantsReply = false
+                case 1: wantsReply = true
+                case let other: throw .malformed("wantsReply is \(other), not 0 or 1")
+                }
+                let n = try r.count("member count", max: maxMembers)
+                var members: [Member] = []
+                for _ in 0..<n { members.append(try r.member()) }
+                message = .sync(members: members, wantsReply: wantsReply)
+            case 6: message = .announce(updates: try r.updates())
+            case let other: throw .malformed("unknown message kind \(other)")
+            }
+            envelopes.append(Envelope(from: from, message: message))
+        }
+        guard r.index == r.bytes.count else { throw .malformed("\(r.bytes.count - r.index) trailing bytes") }
+        return envelopes
+    }
+
+    struct Writer {
+        var bytes: [UInt8] = []
+
+        mutating func varint(_ value: UInt64) {
+            var v = value
+            while v >= 0x80 {
+                bytes.append(UInt8(v & 0x7F) | 0x80)
+                v >>= 7
+            }
+            bytes.append(UInt8(v))
+        }
+
+        mutating func string(_ s: String) {
+            let utf8 = Array(s.utf8.prefix(MembershipCodec.maxString))
+            varint(UInt64(utf8.count))
+            bytes += utf8
+        }
+
+        mutating func member(_ m: Member) {
+            string(m.id.name); varint(m.id.generation); string(m.peer); string(m.client)
+            bytes.append(m.state.rawValue); varint(m.incarnation)
+        }
+
+        mutating func updates(_ updates: [MemberUpdate]) {
+            varint(UInt64(updates.count))
+            for u in updates { member(u.member); string(u.origin) }
+        }
+    }
+
+    struct Reader {
+        let bytes: [UInt8]
+        var index = 0
+
+        mutating func byte(_ what: String) throws(MembershipCodecError) -> UInt8 {
+            guard index < bytes.count else { throw .malformed("ends before \(what)") }
+            defer { index += 1 }
+            return bytes[index]
+        }
+
+        mutating func varint(_ what: String) throws(MembershipCodecError) -> UInt64 {
+            var result: UInt64 = 0
+            var shift: UInt64 = 0
+            while true {
+                let b = try byte(what)
+                if shift == 63, b > 1 { throw .malformed("\(what) overflows 64 bits") }
+                result |= UInt64(b & 0x7F) << shift
+                if b & 0x80 == 0 {
+                    // One encoding per number: a trailing zero byte would be a second one.
+                    if b == 0, shift > 0 { throw .malformed("\(what) is not minimally encoded") }
+                    return result
+                }
+                shift += 7
+                if shift > 63 { throw .malformed("\(what) overflows 64 bits") }
+            }
+        }
+
+        mutating func count(_ what: String, max: Int) throws(MembershipCodecError) -> Int {
+            let n = try varint(what)
+            guard n <= UInt64(max) else { throw .malformed("\(what) \(n) exceeds \(max)") }
+            return Int(n)
+        }
+
+        mutating func string(_ what: String) throws(MembershipCodecError) -> String {
+            let n = try count("\(what) length", max: MembershipCodec.maxString)
+            guard bytes.count - index >= n else { throw .malformed("\(what) runs past the end") }
+            let slice = bytes[index..<index + n]
+            index += n
+            guard let s = String(validating: slice, as: UTF8.self) else { throw .malformed("\(what) is not UTF-8") }
+            return s
+        }
+
+        mutating func member() throws(MembershipCodecError) -> Member {
+            let name = try string("name")
+            guard !name.isEmpty else { throw .malformed("empty member name") }
+            let generation = try varint("generation")
+            let peer = try string("peer")
+            let client = try string("client")
+            let raw = try byte("state")
+            guard let state = MemberState(rawValue: raw) else { throw .malformed("unknown member state \(raw)") }
+            let incarnation = try varint("incarnation")
+            return Member(id: MemberID(name: name, generation: generation), peer: peer, client: client, state: state, incarnation: incarnation)
+        }
+
+        mutating func updates() throws(MembershipCodecError) -> [MemberUpdate] {
+            let n = try count("update count", max: MembershipCodec.maxUpdates)
+            var result: [MemberUpdate] = []
+            for _ in 0..<n {
+                let member = try member()
+                result.append(MemberUpdate(member: member, origin: try string("origin")))
+            }
+            return result
+        }
+    }
+}
+
+public enum MembershipCodecError: Error, Equatable, Sendable, CustomStringConvertible {
+    case unsupportedVersion(UInt8)
+    case malformed(String)
+
+    public var description: String {
+        switch self {
+        case .unsupportedVersion(let v): "unsupported membership message version \(v) (this node speaks \(MembershipCodec.version))"
+        case .malformed(let why): "malformed membership message: \(why)"
+        }
+    }
+}
