@@ -8,6 +8,7 @@ import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import SkeinCluster
 import SkeinPipeline
 import SkeinStore
 import Tracing
@@ -23,6 +24,7 @@ public final class SkeinNode: Service, Sendable {
     let traces: TraceStore
     let tracer: any Tracer
     let readiness = Readiness()
+    let cluster: ClusterHandle
     let onServing: @Sendable (Int) async -> Void
 
     /// Opens storage and builds and validates every route. Throws a ``NodeStartError`` with one
@@ -52,6 +54,22 @@ public final class SkeinNode: Service, Sendable {
             throw NodeStartError("invalid pipeline: \(error.message)")
         }
         traces = TraceStore(capacity: settings.traceBuffer)
+        let generation: UInt64
+        do {
+            generation = try Generation.next(dataDirectory: settings.data)
+        } catch {
+            throw NodeStartError("cannot record this start's generation in \(settings.data) (\(error.localizedDescription))")
+        }
+        let others = settings.seeds.filter { $0 != settings.peer }
+        if settings.clusterSecret == nil, !others.isEmpty {
+            throw NodeStartError("--seeds names other nodes but no cluster secret is set (--cluster-secret or SKEIN_CLUSTER_SECRET)")
+        }
+        if settings.clusterSecret == nil {
+            logger.notice("no cluster secret: this node runs alone and refuses every peer request")
+        }
+        // Without a secret, a random one: nobody can prove it, so no peer gets in.
+        let secret = settings.clusterSecret ?? String(UInt64.random(in: .min ... .max), radix: 36) + String(UInt64.random(in: .min ... .max), radix: 36)
+        cluster = ClusterHandle(settings: settings, generation: generation, auth: PeerAuth(secret: secret), logger: logger)
     }
 
     public func run() async throws {
@@ -64,7 +82,7 @@ public final class SkeinNode: Service, Sendable {
         let renderer = JSONErrorRenderer()
         let responder = NodeResponder(
             router: router, runner: PipelineRunner(performer: performer, renderer: renderer),
-            system: SystemRoutes(settings: settings, traces: traces, renderer: renderer, readiness: readiness),
+            system: SystemRoutes(settings: settings, traces: traces, renderer: renderer, readiness: readiness, cluster: cluster),
             traces: traces, settings: settings, tracer: tracer, tracing: !(tracer is NoOpTracer), logger: logger,
             requests: Counter(label: "skein_requests_total"), failures: Counter(label: "skein_requests_failed_total"),
             latency: Metrics.Timer(label: "skein_request_duration"))
@@ -86,26 +104,66 @@ public final class SkeinNode: Service, Sendable {
                 await onServing(port)
             },
             logger: logger)
+        let cluster = self.cluster
+        let (peerPorts, peerPort) = AsyncStream.makeStream(of: Int.self)
+        let peerApp = Application(
+            responder: PeerResponder(auth: cluster.auth, cluster: cluster, logger: logger),
+            server: HTTPServerBuilder { responder in PeerChannel(responder: responder, traffic: cluster.traffic) },
+            configuration: ApplicationConfiguration(
+                address: .hostname(settings.peer.host, port: settings.peer.port), serverName: nil),
+            onServerRunning: { channel in
+                peerPort.yield(channel.localAddress?.port ?? settings.peer.port)
+                peerPort.finish()
+            },
+            logger: logger)
         var failure: (any Error)?
+        var failedPort: (HostPort, String)?
         do {
-            try await app.run()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do { try await peerApp.run() } catch { throw PortFailure(address: settings.peer, flag: "--peer", error: error) }
+                }
+                group.addTask {
+                    for await port in peerPorts {
+                        let driver = cluster.start(peerPort: port)
+                        await cancelWhenGracefulShutdown { await driver.run() }
+                        // Leaving must not be cut short by the cancellation that stopped the loop.
+                        await Task { await driver.leave() }.value
+                    }
+                }
+                group.addTask {
+                    do { try await app.run() } catch { throw PortFailure(address: settings.listen, flag: "--listen", error: error) }
+                }
+                try await group.waitForAll()
+            }
+        } catch let port as PortFailure {
+            failure = port.error
+            failedPort = (port.address, port.flag)
         } catch {
             failure = error
         }
+        await cluster.peers.closeAll()
         try? await http.shutdown()
         try? await compute.shutdownGracefully()
+        let (address, flag) = failedPort ?? (settings.listen, "--listen")
         switch failure {
         case nil:
             break
         case let error as IOError where error.errnoCode == EADDRINUSE:
-            throw NodeStartError("port \(settings.listen) is in use (--listen)")
+            throw NodeStartError("port \(address) is in use (\(flag))")
         case let error as IOError:
-            throw NodeStartError("cannot listen on \(settings.listen): \(error)")
+            throw NodeStartError("cannot listen on \(address) (\(flag)): \(error)")
         case let error?:
             throw error
         }
         logger.info("stopped")
     }
+}
+
+struct PortFailure: Error {
+    let address: HostPort
+    let flag: String
+    let error: any Error
 }
 
 /// Why a node could not start, as one line.

@@ -1,4 +1,7 @@
 import ArgumentParser
+import AsyncHTTPClient
+import NIOCore
+import NIOHTTP1
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -11,7 +14,7 @@ struct Skein: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "skein",
         abstract: "A cluster node for trace-first HTTP services and durable workflows.",
-        subcommands: [NodeCommand.self]
+        subcommands: [NodeCommand.self, ClusterCommand.self]
     )
 }
 
@@ -81,6 +84,69 @@ struct NodeCommand: AsyncParsableCommand {
     }
 
     /// One line on standard error, exit status 1.
+    func fail(_ line: String) -> Never {
+        FileHandle.standardError.write(Data("skein: \(line)\n".utf8))
+        Foundation.exit(1)
+    }
+}
+
+/// `skein cluster`: a node's view of the cluster, for people (or `--json`).
+struct ClusterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cluster",
+        abstract: "Print a node's view of the cluster: members, their state, and partition leaders."
+    )
+
+    @Option(help: ArgumentHelp("Client address of any node.", valueName: "HOST:PORT")) var node = "127.0.0.1:8080"
+    @Flag(help: "Print the JSON of GET /v1/cluster as it is.") var json = false
+
+    struct View: Decodable {
+        struct Member: Decodable { let name, peer, client, state: String; let incarnation: UInt64; let generation: UInt64? }
+        struct Partition: Decodable { let id: Int; let leader: String?; let epoch: Int; let replicas: [String] }
+        struct Traffic: Decodable { let bytesIn, bytesOut: Int }
+        let node: String
+        let generation: UInt64?
+        let members: [Member]
+        let partitions: [Partition]
+        let gossip: Traffic?
+    }
+
+    func run() async throws {
+        let body: Data
+        do {
+            var request = HTTPClientRequest(url: "http://\(node)/v1/cluster")
+            request.method = .GET
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(3))
+            guard response.status == .ok else { fail("\(node) answered \(response.status.code) to GET /v1/cluster") }
+            body = Data(try await response.body.collect(upTo: 4 << 20).readableBytesView)
+        } catch {
+            fail("cannot reach \(node) (\(error))")
+        }
+        if json {
+            print(String(decoding: body, as: UTF8.self))
+            return
+        }
+        guard let view = try? JSONDecoder().decode(View.self, from: body) else { fail("\(node) answered something that is not a cluster view") }
+        var header = "node \(view.node)"
+        if let generation = view.generation { header += " (generation \(generation))" }
+        if let gossip = view.gossip { header += "; peer traffic in \(gossip.bytesIn / 1024) KiB, out \(gossip.bytesOut / 1024) KiB" }
+        print(header)
+        let rows = [["MEMBER", "STATE", "INCARNATION", "GENERATION", "CLIENT", "PEER"]] + view.members.map {
+            [$0.name, $0.state, "\($0.incarnation)", $0.generation.map(String.init) ?? "-", $0.client, $0.peer]
+        }
+        let widths = (0..<rows[0].count).map { c in rows.map { $0[c].count }.max()! }
+        for row in rows {
+            print(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  "))
+        }
+        if view.partitions.isEmpty {
+            print("partitions: none (the replicated partition log is not built yet)")
+        } else {
+            for p in view.partitions {
+                print("partition \(p.id): leader \(p.leader ?? "none"), epoch \(p.epoch), replicas \(p.replicas.joined(separator: ","))")
+            }
+        }
+    }
+
     func fail(_ line: String) -> Never {
         FileHandle.standardError.write(Data("skein: \(line)\n".utf8))
         Foundation.exit(1)

@@ -1,4 +1,5 @@
 import Foundation
+import SkeinCluster
 import HTTPTypes
 import SkeinPipeline
 
@@ -8,6 +9,7 @@ struct SystemRoutes: Sendable {
     let traces: TraceStore
     let renderer: any ErrorRenderer
     let readiness: Readiness
+    let cluster: ClusterHandle
 
     func answer(method: HTTPRequest.Method, path: String, query: String?) -> Response? {
         guard path.hasPrefix("/healthz") || path.hasPrefix("/v1/") else { return nil }
@@ -28,7 +30,7 @@ struct SystemRoutes: Sendable {
             return .json(timeline)
         case ("v1", 2) where parts[1] == "cluster":
             guard readOnly else { return notAllowed(path, allow: "GET, HEAD") }
-            return .json(ClusterView.single(settings))
+            return .json(ClusterView(cluster))
         default:
             return nil
         }
@@ -41,15 +43,16 @@ struct SystemRoutes: Sendable {
     }
 }
 
-/// `GET /v1/cluster` as CONTRACT.md fixes it. Until membership lands (issue 3) a node knows
-/// only itself.
+/// `GET /v1/cluster` as CONTRACT.md fixes it, plus each member's `generation` and this
+/// node's peer traffic (`gossip`). Partitions come with the replicated log (issue 4).
 struct ClusterView: Codable, Sendable {
     struct Member: Codable, Sendable {
         let name: String
         let peer: String
         let client: String
         let state: String
-        let incarnation: Int
+        let incarnation: UInt64
+        let generation: UInt64
     }
 
     struct Partition: Codable, Sendable {
@@ -59,15 +62,26 @@ struct ClusterView: Codable, Sendable {
         let replicas: [String]
     }
 
+    struct Traffic: Codable, Sendable {
+        let bytesIn: Int
+        let bytesOut: Int
+    }
+
     let node: String
+    let generation: UInt64
     let members: [Member]
     let partitions: [Partition]
+    let gossip: Traffic
 
-    static func single(_ settings: NodeSettings) -> ClusterView {
-        ClusterView(node: settings.name,
-                    members: [Member(name: settings.name, peer: settings.peer.description, client: settings.listen.description,
-                                     state: "alive", incarnation: 0)],
-                    partitions: [])
+    init(_ cluster: ClusterHandle) {
+        node = cluster.settings.name
+        generation = cluster.generation
+        members = cluster.members.map {
+            Member(name: $0.name, peer: $0.peer, client: $0.client, state: $0.state.description,
+                   incarnation: $0.incarnation, generation: $0.id.generation)
+        }
+        partitions = []
+        gossip = Traffic(bytesIn: cluster.traffic.bytesIn.load(ordering: .relaxed), bytesOut: cluster.traffic.bytesOut.load(ordering: .relaxed))
     }
 }
 

@@ -1,0 +1,221 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+import Synchronization
+
+/// Why a peer call failed.
+struct PeerCallError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// A peer's answer: status and body.
+struct PeerAnswer: Sendable {
+    let status: Int
+    let body: [UInt8]
+}
+
+/// The one long-lived HTTP/2 (prior knowledge) connection from this node to one peer, owned
+/// by this actor. Every call is a stream on it. A failed connect is retried with exponential
+/// backoff; calls while waiting fail at once with the reason. When the connection drops,
+/// every call in flight on it fails (its stream closes) and the next call reconnects.
+actor PeerConnection {
+    let host: String
+    let port: Int
+    let auth: PeerAuth
+    let traffic: PeerTraffic
+    let logger: Logger
+    let callTimeout: TimeAmount
+
+    private var channel: (any Channel)?
+    private var multiplexer: NIOHTTP2Handler.AsyncStreamMultiplexer<Void>?
+    private var connecting: Task<NIOHTTP2Handler.AsyncStreamMultiplexer<Void>, any Error>?
+    private var failures = 0
+    private var retryAt: ContinuousClock.Instant?
+    private var lastFailure = ""
+
+    init(address: String, auth: PeerAuth, traffic: PeerTraffic, logger: Logger, callTimeout: TimeAmount = .seconds(2)) throws {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            throw PeerCallError(description: "bad peer address \(address)")
+        }
+        self.host = String(address[..<colon])
+        self.port = port
+        self.auth = auth
+        self.traffic = traffic
+        self.logger = logger
+        self.callTimeout = callTimeout
+    }
+
+    /// POSTs `body` to `path` on the peer and returns its answer.
+    func post(path: String, body: [UInt8]) async throws -> PeerAnswer {
+        let multiplexer = try await connected()
+        let signature = auth.sign(method: "POST", path: path, body: body)
+        let authority = "\(host):\(port)"
+        let timeout = callTimeout
+        let stream = try await multiplexer.openStream { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
+                return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+            }
+        }
+        let timer = stream.channel.eventLoop.scheduleTask(in: timeout) { stream.channel.close(promise: nil) }
+        defer { timer.cancel() }
+        return try await stream.executeThenClose { inbound, outbound in
+            var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
+            head.headers.add(name: "host", value: authority)
+            head.headers.add(name: "content-type", value: "application/x-skein-peer")
+            head.headers.add(name: "content-length", value: String(body.count))
+            head.headers.add(name: PeerAuth.header, value: signature)
+            try await outbound.write(.head(head))
+            try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
+            try await outbound.write(.end(nil))
+            var status = 0
+            var received: [UInt8] = []
+            for try await part in inbound {
+                switch part {
+                case .head(let response):
+                    status = Int(response.status.code)
+                case .body(var buffer):
+                    guard received.count + buffer.readableBytes <= PeerLimits.maxBody else {
+                        throw PeerCallError(description: "answer from \(authority) exceeds \(PeerLimits.maxBody) bytes")
+                    }
+                    received += buffer.readBytes(length: buffer.readableBytes) ?? []
+                case .end:
+                    return PeerAnswer(status: status, body: received)
+                }
+            }
+            throw PeerCallError(description: "\(authority) closed the stream before answering")
+        }
+    }
+
+    private func connected() async throws -> NIOHTTP2Handler.AsyncStreamMultiplexer<Void> {
+        if let channel, channel.isActive, let multiplexer { return multiplexer }
+        if let connecting { return try await connecting.value }
+        if let retryAt, ContinuousClock.now < retryAt {
+            throw PeerCallError(description: "\(host):\(port) unreachable (\(lastFailure)); retrying in \(retryAt - ContinuousClock.now)")
+        }
+        let task = Task { try await self.connect() }
+        connecting = task
+        defer { connecting = nil }
+        do {
+            let multiplexer = try await task.value
+            if failures > 0 { logger.info("peer connection restored", metadata: ["peer": "\(host):\(port)"]) }
+            failures = 0
+            retryAt = nil
+            return multiplexer
+        } catch {
+            failures += 1
+            lastFailure = "\(error)"
+            // Short: membership probes the peer every few hundred milliseconds and must see it
+            // as soon as it is back.
+            let backoff = Duration.milliseconds(min(1000, 50 << min(failures, 5)))
+            retryAt = ContinuousClock.now + backoff
+            if failures == 1 {
+                logger.notice("cannot connect to peer", metadata: ["peer": "\(host):\(port)", "why": "\(error)"])
+            } else {
+                logger.debug("cannot connect to peer", metadata: ["peer": "\(host):\(port)", "why": "\(error)", "attempt": "\(failures)"])
+            }
+            throw PeerCallError(description: "\(host):\(port) unreachable (\(error))")
+        }
+    }
+
+    private func connect() async throws -> NIOHTTP2Handler.AsyncStreamMultiplexer<Void> {
+        let traffic = self.traffic
+        let (channel, multiplexer) = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.seconds(1))
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteCounter(traffic: traffic))
+                    let multiplexer = try channel.pipeline.syncOperations.configureAsyncHTTP2Pipeline(mode: .client) { stream in
+                        // Peers never open streams towards a client connection.
+                        stream.close()
+                    }
+                    return (channel as any Channel, multiplexer)
+                }
+            }
+        self.channel = channel
+        self.multiplexer = multiplexer
+        return multiplexer
+    }
+
+    /// The peer spoke to us: whatever kept us from connecting is over.
+    func resetBackoff() {
+        retryAt = nil
+    }
+
+    func close() async {
+        try? await channel?.close()
+        channel = nil
+        multiplexer = nil
+    }
+}
+
+/// One ``PeerConnection`` per peer address.
+final class PeerClients: Sendable {
+    let auth: PeerAuth
+    let traffic: PeerTraffic
+    let logger: Logger
+    private let connections = Mutex<[String: PeerConnection]>([:])
+
+    init(auth: PeerAuth, traffic: PeerTraffic, logger: Logger) {
+        self.auth = auth
+        self.traffic = traffic
+        self.logger = logger
+    }
+
+    func connection(to address: String) throws -> PeerConnection {
+        try connections.withLock { connections in
+            if let existing = connections[address] { return existing }
+            let connection = try PeerConnection(address: address, auth: auth, traffic: traffic, logger: logger)
+            connections[address] = connection
+            return connection
+        }
+    }
+
+    /// A peer that just reached us is worth connecting to at once.
+    func heardFrom(_ address: String) {
+        guard let connection = connections.withLock({ $0[address] }) else { return }
+        Task { await connection.resetBackoff() }
+    }
+
+    func closeAll() async {
+        let all = connections.withLock { Array($0.values) }
+        for connection in all { await connection.close() }
+    }
+}
+
+enum PeerLimits {
+    /// The largest peer request or answer body.
+    static let maxBody = 1 << 20
+}
+
+/// Bytes moved on peer connections, both directions, both roles: the gossip traffic figure
+/// `cluster/bench membership` reads from `/v1/cluster`.
+final class PeerTraffic: Sendable {
+    let bytesIn = Atomic<Int>(0)
+    let bytesOut = Atomic<Int>(0)
+}
+
+/// Counts the bytes that cross a peer connection's socket.
+final class ByteCounter: ChannelDuplexHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let traffic: PeerTraffic
+    init(traffic: PeerTraffic) { self.traffic = traffic }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        traffic.bytesIn.add(unwrapInboundIn(data).readableBytes, ordering: .relaxed)
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        traffic.bytesOut.add(unwrapOutboundIn(data).readableBytes, ordering: .relaxed)
+        context.write(data, promise: promise)
+    }
+}

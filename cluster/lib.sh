@@ -1,0 +1,54 @@
+# Shared by the cluster/ scripts: where nodes live and how to start one.
+# Node nI: client port 8080+I, peer port 9080+I, data and log under cluster/data/nI/.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+data="$root/cluster/data"
+build="${SKEIN_BUILD:-debug}"
+
+skein_bin() {
+  if [ -z "${SKEIN_BIN:-}" ]; then
+    (cd "$root" && swift build -c "$build" --product skein 2>&1 | grep -E "error:" >&2) || true
+    SKEIN_BIN="$(cd "$root" && swift build -c "$build" --show-bin-path)/skein"
+    [ -x "$SKEIN_BIN" ] || { echo "cluster: no skein binary at $SKEIN_BIN (build failed?)" >&2; exit 1; }
+  fi
+  echo "$SKEIN_BIN"
+}
+
+node_index() {  # n3 -> 3
+  local name="$1"
+  [[ "$name" =~ ^n([0-9]+)$ ]] || { echo "cluster: node names are n1, n2, … (got '$name')" >&2; exit 2; }
+  echo "${BASH_REMATCH[1]}"
+}
+
+node_pid() {  # prints the pid if the process exists (running or stopped)
+  local f="$data/$1/pid"
+  [ -f "$f" ] || return 1
+  local pid; pid="$(cat "$f")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  # A killed node whose parent has not reaped it is a zombie: not running.
+  [ "$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" != "Z" ] || return 1
+  echo "$pid"
+}
+
+start_node() {  # start_node NAME: start nI in the background with the cluster's seeds and secret
+  local name="$1" i; i="$(node_index "$name")"
+  local size; size="$(cat "$data/size")"
+  local seeds=""
+  for j in $(seq 1 "$size"); do seeds="${seeds:+$seeds,}127.0.0.1:$((9080 + j))"; done
+  mkdir -p "$data/$name"
+  local bin; bin="$(skein_bin)"
+  SKEIN_CLUSTER_SECRET="$(cat "$data/secret")" nohup "$bin" node --name "$name" \
+    --listen "127.0.0.1:$((8080 + i))" --peer "127.0.0.1:$((9080 + i))" \
+    --seeds "$seeds" --data "$data/$name" >>"$data/$name/node.log" 2>&1 &
+  echo $! >"$data/$name/pid"
+}
+
+cluster_json() {  # cluster_json I: GET /v1/cluster from nI, or nothing
+  curl -sf --max-time 1 "http://127.0.0.1:$((8080 + $1))/v1/cluster" 2>/dev/null || true
+}
+
+alive_count() {  # how many members nI sees alive
+  cluster_json "$1" | python3 -c 'import json,sys
+try: print(sum(1 for m in json.load(sys.stdin)["members"] if m["state"]=="alive"))
+except Exception: print(0)'
+}
