@@ -27,7 +27,7 @@ import Testing
     @Test func aPortInUseIsOneClearLine() async throws {
         let node = try await TestNode.start()
         defer { Task { await node.stop() } }
-        let result = try await run(Self.binary, ["node", "--listen", "127.0.0.1:\(node.port)", "--data", temporaryDirectory()])
+        let result = try await run(Self.binary, ["node", "--listen", "127.0.0.1:\(node.port)", "--peer", "127.0.0.1:0", "--data", temporaryDirectory()])
         #expect(result.status != 0)
         let lines = result.output.split(separator: "\n")
         #expect(lines.last == "skein: port 127.0.0.1:\(node.port) is in use (--listen)", "\(result.output)")
@@ -36,7 +36,7 @@ import Testing
     @Test func anUnusableDataDirectoryIsOneClearLine() async throws {
         let file = temporaryDirectory() + "/not-a-dir"
         FileManager.default.createFile(atPath: file, contents: Data())
-        let result = try await run(Self.binary, ["node", "--listen", "127.0.0.1:0", "--data", file])
+        let result = try await run(Self.binary, ["node", "--listen", "127.0.0.1:0", "--peer", "127.0.0.1:0", "--data", file])
         #expect(result.status != 0)
         #expect(result.output == "skein: data directory \(file) is unusable: it is a file, not a directory\n")
     }
@@ -45,7 +45,7 @@ import Testing
         let result = try await run(Self.binary, ["node", "--listen", "nowhere"])
         #expect(result.status != 0)
         #expect(result.output.hasPrefix("skein: --listen (SKEIN_LISTEN"), "\(result.output)")
-        let env = try await run(Self.binary, ["node"], environment: ["SKEIN_MAX_BODY_SIZE": "lots", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? ""])
+        let env = try await run(Self.binary, ["node", "--peer", "127.0.0.1:0"], environment: ["SKEIN_MAX_BODY_SIZE": "lots", "PATH": ProcessInfo.processInfo.environment["PATH"] ?? ""])
         #expect(env.status != 0)
         #expect(env.output.contains("--max-body-size (SKEIN_MAX_BODY_SIZE"))
     }
@@ -57,7 +57,7 @@ import Testing
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["node", "--listen", "127.0.0.1:0", "--data", data + "/d"]
+        process.arguments = ["node", "--listen", "127.0.0.1:0", "--peer", "127.0.0.1:0", "--data", data + "/d"]
         process.standardOutput = handle
         process.standardError = handle
         let (exited, sink) = AsyncStream.makeStream(of: Int32.self)

@@ -23,6 +23,7 @@ struct TestNode {
     ) async throws -> TestNode {
         var settings = NodeSettings()
         settings.listen = HostPort(host: "127.0.0.1", port: 0)
+        settings.peer = HostPort(host: "127.0.0.1", port: 0)
         settings.data = temporaryDirectory()
         settings.logLevel = .warning
         configure(&settings)
@@ -44,6 +45,25 @@ struct TestNode {
         await group.triggerGracefulShutdown()
         _ = try? await task.value
         try? FileManager.default.removeItem(atPath: data)
+    }
+
+    /// The names in this node's `/v1/cluster`.
+    func clusterMembers() async throws -> [String] {
+        let view = try await request("GET", "/v1/cluster").json() as? [String: Any]
+        return (view?["members"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+    }
+
+    /// The peer port this node advertises (bound to port 0 in tests), once membership runs.
+    func peerPort() async -> Int? {
+        for _ in 0..<100 {
+            if let view = try? await request("GET", "/v1/cluster").json() as? [String: Any],
+               let me = (view["members"] as? [[String: Any]])?.first(where: { $0["name"] as? String == view["node"] as? String }),
+               let peer = me["peer"] as? String, let port = peer.split(separator: ":").last.flatMap({ Int($0) }), port != 0 {
+                return port
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return nil
     }
 
     /// One HTTP/1.1 request through AsyncHTTPClient.
