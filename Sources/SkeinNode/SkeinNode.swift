@@ -134,7 +134,9 @@ public final class SkeinNode: Service, Sendable {
                 group.addTask {
                     do { try await app.run() } catch { throw PortFailure(address: settings.listen, flag: "--listen", error: error) }
                 }
-                try await group.waitForAll()
+                // The first failure (a port in use, say) ends the node: leaving this closure by
+                // throwing cancels the other children. (`waitForAll` would wait for them first.)
+                for try await _ in group {}
             }
         } catch let port as PortFailure {
             failure = port.error
