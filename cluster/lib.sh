@@ -7,6 +7,7 @@ build="${SKEIN_BUILD:-debug}"
 
 skein_bin() {
   if [ -z "${SKEIN_BIN:-}" ]; then
+    [ -x "$root/.build/$build/skein" ] || echo "cluster: building skein ($build; a first build takes several minutes)…" >&2
     (cd "$root" && swift build -c "$build" --product skein 2>&1 | grep -E "error:" >&2) || true
     SKEIN_BIN="$(cd "$root" && swift build -c "$build" --show-bin-path)/skein"
     [ -x "$SKEIN_BIN" ] || { echo "cluster: no skein binary at $SKEIN_BIN (build failed?)" >&2; exit 1; }
