@@ -1,8 +1,11 @@
 # Shared by the cluster/ scripts: where nodes live and how to start one.
 # Node nI: client port 8080+I, peer port 9080+I, data and log under cluster/data/nI/.
+# For tests: SKEIN_CLUSTER_DATA moves the data, SKEIN_CLUSTER_PORT_BASE the ports (client
+# base+I, peer base+1000+I), SKEIN_BIN names a built binary.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-data="$root/cluster/data"
+data="${SKEIN_CLUSTER_DATA:-$root/cluster/data}"
+base="${SKEIN_CLUSTER_PORT_BASE:-8080}"
 build="${SKEIN_BUILD:-debug}"
 
 skein_bin() {
@@ -35,17 +38,25 @@ start_node() {  # start_node NAME: start nI in the background with the cluster's
   local name="$1" i; i="$(node_index "$name")"
   local size; size="$(cat "$data/size")"
   local seeds=""
-  for j in $(seq 1 "$size"); do seeds="${seeds:+$seeds,}127.0.0.1:$((9080 + j))"; done
+  for j in $(seq 1 "$size"); do seeds="${seeds:+$seeds,}127.0.0.1:$((base + 1000 + j))"; done
   mkdir -p "$data/$name"
   local bin; bin="$(skein_bin)"
-  SKEIN_CLUSTER_SECRET="$(cat "$data/secret")" nohup "$bin" node --name "$name" \
-    --listen "127.0.0.1:$((8080 + i))" --peer "127.0.0.1:$((9080 + i))" \
-    --seeds "$seeds" --data "$data/$name" >>"$data/$name/node.log" 2>&1 &
+  local secret; secret="$(cat "$data/secret")"
+  (
+    # The node outlives this script: it must not hold any descriptor the caller inherited
+    # (a caller that waits for the script's pipes to close would wait for the node).
+    for fd in /proc/$BASHPID/fd/*; do
+      fd="${fd##*/}"; [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null || true
+    done
+    SKEIN_CLUSTER_SECRET="$secret" exec nohup "$bin" node --name "$name" \
+      --listen "127.0.0.1:$((base + i))" --peer "127.0.0.1:$((base + 1000 + i))" \
+      --seeds "$seeds" --data "$data/$name" </dev/null >>"$data/$name/node.log" 2>&1
+  ) &
   echo $! >"$data/$name/pid"
 }
 
 cluster_json() {  # cluster_json I: GET /v1/cluster from nI, or nothing
-  curl -sf --max-time 1 "http://127.0.0.1:$((8080 + $1))/v1/cluster" 2>/dev/null || true
+  curl -sf --max-time 1 "http://127.0.0.1:$((base + $1))/v1/cluster" 2>/dev/null || true
 }
 
 alive_count() {  # how many members nI sees alive
