@@ -120,8 +120,13 @@ public final class SkeinNode: Service, Sendable {
         var failedPort: (HostPort, String)?
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
+                // A failure to start (a port in use) ends the node; an error while stopping is
+                // logged and must not cut short the other parts' graceful shutdown.
                 group.addTask {
-                    do { try await peerApp.run() } catch { throw PortFailure(address: settings.peer, flag: "--peer", error: error) }
+                    do { try await peerApp.run() } catch {
+                        guard cluster.membership != nil else { throw PortFailure(address: settings.peer, flag: "--peer", error: error) }
+                        logger.warning("peer port stopped with an error", metadata: ["error": "\(error)"])
+                    }
                 }
                 group.addTask {
                     for await port in peerPorts {
@@ -132,7 +137,10 @@ public final class SkeinNode: Service, Sendable {
                     }
                 }
                 group.addTask {
-                    do { try await app.run() } catch { throw PortFailure(address: settings.listen, flag: "--listen", error: error) }
+                    do { try await app.run() } catch {
+                        guard readiness.isServing else { throw PortFailure(address: settings.listen, flag: "--listen", error: error) }
+                        logger.warning("client port stopped with an error", metadata: ["error": "\(error)"])
+                    }
                 }
                 // The first failure (a port in use, say) ends the node: leaving this closure by
                 // throwing cancels the other children. (`waitForAll` would wait for them first.)

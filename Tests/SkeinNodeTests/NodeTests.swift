@@ -136,8 +136,10 @@ import Tracing
 
     @Test func gracefulShutdownLetsInFlightRequestsFinish() async throws {
         let node = try await TestNode.start()
-        async let slow = node.request("GET", "/t/compute?ms=700")
-        try await Task.sleep(for: .milliseconds(200))
+        // The request must reach the server before the shutdown starts (or it is merely an idle
+        // connection, rightly closed); the simulation keeps a core busy meanwhile, so leave room.
+        async let slow = node.request("GET", "/t/compute?ms=2000")
+        try await Task.sleep(for: .milliseconds(900))
         await node.group.triggerGracefulShutdown()
         let response = try await slow
         #expect(response.status == 200)

@@ -85,4 +85,30 @@ import Testing
         let second = await #expect(throws: PeerCallError.self) { try await connection.post(path: "/x", body: []) }
         #expect(second?.description.contains("retrying in") == true)
     }
+
+    @Test func aCallInFlightFailsCleanlyWhenThePeerGoes() async throws {
+        // A "peer" that accepts the connection, reads, and hangs up without answering.
+        let port = ClusterProcessTests.freePorts(1)[0]
+        let ready = temporaryDirectory() + "/ready"
+        let script = """
+            import socket, time
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", \(port))); s.listen(1); s.settimeout(20)
+            open("\(ready)", "w").write("ok")
+            c, _ = s.accept(); c.recv(65536); time.sleep(0.3); c.close(); s.close()
+            """
+        // Not awaited: the script ends by itself once it has hung up (or after 20 s).
+        _ = Task { try await run("python3", ["-c", script]) }
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: ready) {
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        #expect(FileManager.default.fileExists(atPath: ready), "the hanging-up peer never listened")
+        let connection = try PeerConnection(address: "127.0.0.1:\(port)", auth: PeerAuth(secret: "k"), traffic: PeerTraffic(),
+                                            logger: .init(label: "t"), callTimeout: .seconds(30))
+        let clock = ContinuousClock()
+        let started = clock.now
+        await #expect(throws: (any Error).self) { try await connection.post(path: "/v1/peer/membership", body: [1, 0]) }
+        #expect(clock.now - started < .seconds(5), "the call ended with the connection, not with its timeout")
+        await connection.close()
+    }
 }
