@@ -6,6 +6,16 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 data="${SKEIN_CLUSTER_DATA:-$root/cluster/data}"
 base="${SKEIN_CLUSTER_PORT_BASE:-8080}"
+
+# The scripts talk to nodes with curl and read JSON with python3: install what is missing.
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "cluster: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 build="${SKEIN_BUILD:-debug}"
 
 skein_bin() {
