@@ -6,6 +6,11 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
+/// The cluster cores and their simulations are optimized even in debug builds: the
+/// simulation runs thousands of seeds per `swift test`, which needs optimized code, and the
+/// cores are small enough to build quickly either way.
+let optimizedInDebug: [SwiftSetting] = [.unsafeFlags(["-O"], .when(configuration: .debug))]
+
 let package = Package(
     name: "skein",
     platforms: [.macOS(.v15)],
@@ -47,7 +52,7 @@ let package = Package(
         // Pure cluster core: membership (SWIM + Lifeguard), message types and codec. No I/O.
         .target(
             name: "SkeinCluster",
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings + optimizedInDebug
         ),
         // The node's own SQLite database (GRDB, WAL): local key-value and SQL.
         .target(
@@ -129,7 +134,8 @@ let package = Package(
             dependencies: [
                 "SkeinCluster",
                 .product(name: "HeapModule", package: "swift-collections"),
-            ]
+            ],
+            swiftSettings: optimizedInDebug
         ),
         .testTarget(
             name: "SkeinNodeTests",

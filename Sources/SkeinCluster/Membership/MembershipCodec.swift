@@ -12,7 +12,7 @@ public enum MembershipCodec {
     public static let maxString = 255
 
     public static func encode(_ envelopes: [Envelope]) -> [UInt8] {
-        var w = Writer()
+        var w = WireWriter()
         w.bytes.append(version)
         w.varint(UInt64(envelopes.count))
         for envelope in envelopes {
@@ -37,9 +37,18 @@ public enum MembershipCodec {
     }
 
     public static func decode<Bytes: Collection<UInt8>>(_ bytes: Bytes) throws(MembershipCodecError) -> [Envelope] {
-        var r = Reader(bytes: Array(bytes))
-        let v = try r.byte("version")
+        var r = WireReader(bytes: Array(bytes))
+        let v: UInt8
+        do { v = try r.byte("version") } catch { throw .malformed(error.why) }
         guard v == version else { throw .unsupportedVersion(v) }
+        do {
+            return try envelopes(&r)
+        } catch {
+            throw .malformed(error.why)
+        }
+    }
+
+    private static func envelopes(_ r: inout WireReader) throws(WireError) -> [Envelope] {
         let count = try r.count("envelope count", max: maxEnvelopes)
         var envelopes: [Envelope] = []
         envelopes.reserveCapacity(count)
@@ -58,117 +67,54 @@ public enum MembershipCodec {
                 let target = try r.member()
                 message = .pingRequest(seq: seq, target: target, updates: try r.updates())
             case 5:
-                let wantsReply: Bool
-                switch try r.byte("wantsReply") {
-                case 0: wantsReply = false
-                case 1: wantsReply = true
-                case let other: throw .malformed("wantsReply is \(other), not 0 or 1")
-                }
+                let wantsReply = try r.bool("wantsReply")
                 let n = try r.count("member count", max: maxMembers)
                 var members: [Member] = []
                 for _ in 0..<n { members.append(try r.member()) }
                 message = .sync(members: members, wantsReply: wantsReply)
             case 6: message = .announce(updates: try r.updates())
-            case let other: throw .malformed("unknown message kind \(other)")
+            case let other: throw WireError("unknown message kind \(other)")
             }
             envelopes.append(Envelope(from: from, message: message))
         }
-        guard r.index == r.bytes.count else { throw .malformed("\(r.bytes.count - r.index) trailing bytes") }
+        guard r.atEnd else { throw WireError("\(r.remaining) trailing bytes") }
         return envelopes
     }
+}
 
-    struct Writer {
-        var bytes: [UInt8] = []
-
-        mutating func varint(_ value: UInt64) {
-            var v = value
-            while v >= 0x80 {
-                bytes.append(UInt8(v & 0x7F) | 0x80)
-                v >>= 7
-            }
-            bytes.append(UInt8(v))
-        }
-
-        mutating func string(_ s: String) {
-            let utf8 = Array(s.utf8.prefix(MembershipCodec.maxString))
-            varint(UInt64(utf8.count))
-            bytes += utf8
-        }
-
-        mutating func member(_ m: Member) {
-            string(m.id.name); varint(m.id.generation); string(m.peer); string(m.client)
-            bytes.append(m.state.rawValue); varint(m.incarnation)
-        }
-
-        mutating func updates(_ updates: [MemberUpdate]) {
-            varint(UInt64(updates.count))
-            for u in updates { member(u.member); string(u.origin) }
-        }
+extension WireWriter {
+    mutating func member(_ m: Member) {
+        string(m.id.name); varint(m.id.generation); string(m.peer); string(m.client)
+        bytes.append(m.state.rawValue); varint(m.incarnation)
     }
 
-    struct Reader {
-        let bytes: [UInt8]
-        var index = 0
+    mutating func updates(_ updates: [MemberUpdate]) {
+        varint(UInt64(updates.count))
+        for u in updates { member(u.member); string(u.origin) }
+    }
+}
 
-        mutating func byte(_ what: String) throws(MembershipCodecError) -> UInt8 {
-            guard index < bytes.count else { throw .malformed("ends before \(what)") }
-            defer { index += 1 }
-            return bytes[index]
-        }
+extension WireReader {
+    mutating func member() throws(WireError) -> Member {
+        let name = try string("name")
+        guard !name.isEmpty else { throw WireError("empty member name") }
+        let generation = try varint("generation")
+        let peer = try string("peer")
+        let client = try string("client")
+        let raw = try byte("state")
+        guard let state = MemberState(rawValue: raw) else { throw WireError("unknown member state \(raw)") }
+        let incarnation = try varint("incarnation")
+        return Member(id: MemberID(name: name, generation: generation), peer: peer, client: client, state: state, incarnation: incarnation)
+    }
 
-        mutating func varint(_ what: String) throws(MembershipCodecError) -> UInt64 {
-            var result: UInt64 = 0
-            var shift: UInt64 = 0
-            while true {
-                let b = try byte(what)
-                if shift == 63, b > 1 { throw .malformed("\(what) overflows 64 bits") }
-                result |= UInt64(b & 0x7F) << shift
-                if b & 0x80 == 0 {
-                    // One encoding per number: a trailing zero byte would be a second one.
-                    if b == 0, shift > 0 { throw .malformed("\(what) is not minimally encoded") }
-                    return result
-                }
-                shift += 7
-                if shift > 63 { throw .malformed("\(what) overflows 64 bits") }
-            }
+    mutating func updates() throws(WireError) -> [MemberUpdate] {
+        let n = try count("update count", max: MembershipCodec.maxUpdates)
+        var result: [MemberUpdate] = []
+        for _ in 0..<n {
+            let member = try member()
+            result.append(MemberUpdate(member: member, origin: try string("origin")))
         }
-
-        mutating func count(_ what: String, max: Int) throws(MembershipCodecError) -> Int {
-            let n = try varint(what)
-            guard n <= UInt64(max) else { throw .malformed("\(what) \(n) exceeds \(max)") }
-            return Int(n)
-        }
-
-        mutating func string(_ what: String) throws(MembershipCodecError) -> String {
-            let n = try count("\(what) length", max: MembershipCodec.maxString)
-            guard bytes.count - index >= n else { throw .malformed("\(what) runs past the end") }
-            let slice = bytes[index..<index + n]
-            index += n
-            guard let s = String(validating: slice, as: UTF8.self) else { throw .malformed("\(what) is not UTF-8") }
-            return s
-        }
-
-        mutating func member() throws(MembershipCodecError) -> Member {
-            let name = try string("name")
-            guard !name.isEmpty else { throw .malformed("empty member name") }
-            let generation = try varint("generation")
-            let peer = try string("peer")
-            let client = try string("client")
-            let raw = try byte("state")
-            guard let state = MemberState(rawValue: raw) else { throw .malformed("unknown member state \(raw)") }
-            let incarnation = try varint("incarnation")
-            return Member(id: MemberID(name: name, generation: generation), peer: peer, client: client, state: state, incarnation: incarnation)
-        }
-
-        mutating func updates() throws(MembershipCodecError) -> [MemberUpdate] {
-            let n = try count("update count", max: MembershipCodec.maxUpdates)
-            var result: [MemberUpdate] = []
-            for _ in 0..<n {
-                let member = try member()
-                result.append(MemberUpdate(member: member, origin: try string("origin")))
-            }
-            return result
-        }
+        return result
     }
 }
 

@@ -1,0 +1,749 @@
+/// One partition's Raft group on one node, as a pure state machine in the style of etcd's
+/// raft: ticks, messages, proposals and hints go in; a ``RaftReady`` (state to persist,
+/// messages to send, committed entries to apply) comes out. No I/O, no clock, no randomness
+/// of its own: the shell supplies `now` (a monotonic clock) and the seed.
+///
+/// On top of plain Raft: PreVote (a node that cannot win does not disturb the term),
+/// CheckQuorum (a leader that has not heard from a quorum for an election timeout steps
+/// down), leadership transfer, and a leader **lease** (see ``RaftConfig/leaseDuration``): a
+/// follower that hears from its leader refuses to vote for anyone else for one election
+/// timeout on its own clock, and the leader counts its lease from the send time of the
+/// newest message a quorum has acknowledged. A node that restarts keeps that promise too: it
+/// does not vote until an election timeout after it started.
+///
+/// A class rather than a struct: the shell and the simulator hold one per partition and
+/// mutate it in place; copying the whole state on every look would dominate a simulation.
+/// It is not thread-safe: its owner (an actor, or the simulator's one thread) serializes use.
+public final class Raft {
+    public let id: RaftNodeID
+    public let partition: Int
+    public let config: RaftConfig
+
+    public private(set) var role: RaftRole = .follower
+    public private(set) var term: UInt64
+    public private(set) var vote: RaftNodeID?
+    public private(set) var leader: RaftNodeID?
+    public private(set) var commit: UInt64
+    /// The last index the shell has applied (reported through ``advance(_:)``).
+    public private(set) var applied: UInt64
+    /// The configuration in force: the last one in the log, committed or not.
+    public private(set) var configuration: RaftConfiguration
+
+    var log: RaftLog
+    private var random: DeterministicRandom
+
+    // What has been handed to the shell and what it has made durable.
+    private var persistedHardState: RaftHardState
+    private var unstableFrom: UInt64
+    private var persistedIndex: UInt64
+    private var handedOutCommitted: UInt64
+    private var pendingSnapshot: (meta: RaftSnapshotMeta, data: [UInt8])?
+    private var messages: [RaftMessage] = []
+    private var readyInFlight: (lastEntry: UInt64?, committedTo: UInt64, snapshot: UInt64?)?
+
+    // Timers.
+    private var electionDeadline: Duration = .zero
+    private var heartbeatDue: Duration = .zero
+    private var quorumCheckDue: Duration = .zero
+    /// Until when this node has promised not to vote for anyone but its leader.
+    private var promiseUntil: Duration
+    /// Set by ``peerIsDown(_:now:)`` for the leader: campaign as soon as the promise ends
+    /// (plus a little jitter, so the followers do not all split the vote).
+    private var leaderReportedDown = false
+    private var fastElectionAt: Duration = .zero
+
+    // Candidate state.
+    private var votes: [RaftNodeID: Bool] = [:]
+
+    // Leader state.
+    private var progress: [RaftNodeID: Progress] = [:]
+    private var recentlyActive: Set<RaftNodeID> = []
+    /// Per voter, the leader's send time of the newest message it has acknowledged this term.
+    private var acknowledgedSentAt: [RaftNodeID: Duration] = [:]
+    /// The index of the noop this leader appended when elected.
+    private var termStartIndex: UInt64 = 0
+    public private(set) var transferee: RaftNodeID?
+    private var transferDeadline: Duration = .zero
+    /// Set once this leader has told a successor to campaign: its lease is over for the term.
+    private var leaseRenounced = false
+    /// The send time the lease counts from: nil without a quorum of acknowledgements,
+    /// `.some(nil)` when this node alone is a quorum.
+    private var leaseStart: Duration??
+    /// The index of the newest configuration entry (changes go one at a time).
+    private var configurationIndex: UInt64 = 0
+
+    struct Progress: Sendable {
+        enum State: Sendable { case probe, replicate, snapshot }
+        var match: UInt64 = 0
+        var next: UInt64
+        var state: State = .probe
+        var probeSent = false
+        var inflight: [UInt64] = []
+        var snapshotIndex: UInt64 = 0
+        var snapshotSentAt: Duration = .zero
+        var matchAtLastHeartbeat: UInt64 = 0
+        var commitSent: UInt64 = 0
+    }
+
+    public init(id: RaftNodeID, partition: Int, stored: RaftStoredState, config: RaftConfig = RaftConfig(), seed: UInt64, now: Duration) {
+        self.id = id
+        self.partition = partition
+        self.config = config
+        self.random = DeterministicRandom(seed: seed)
+        self.log = RaftLog(snapshot: stored.snapshot, entries: stored.entries)
+        self.term = stored.hardState.term
+        self.vote = stored.hardState.vote
+        self.applied = max(stored.applied, stored.snapshot.index)
+        self.commit = min(max(stored.hardState.commit, applied), log.lastIndex)
+        self.persistedHardState = stored.hardState
+        self.unstableFrom = log.lastIndex + 1
+        self.persistedIndex = log.lastIndex
+        self.handedOutCommitted = applied
+        self.configuration = log.configuration(atOrBefore: log.lastIndex)
+        self.configurationIndex = Self.lastConfigurationIndex(in: log)
+        // A restarted node may have promised its vote away just before it died: keep the
+        // promise for a full election timeout from now.
+        self.promiseUntil = now + config.electionTimeout
+        resetElectionTimer(now: now)
+    }
+
+    // MARK: - Queries
+
+    public var lastIndex: UInt64 { log.lastIndex }
+    public var lastTerm: UInt64 { log.lastTerm }
+    public var firstIndex: UInt64 { log.firstIndex }
+    public var snapshotMeta: RaftSnapshotMeta { log.snapshot }
+    public var isVoter: Bool { configuration.isVoter(id) }
+    public func entry(at index: UInt64) -> RaftEntry? { log.entry(at: index) }
+    public func term(at index: UInt64) -> UInt64? { log.term(at: index) }
+    public var hardState: RaftHardState { RaftHardState(term: term, vote: vote, commit: commit) }
+
+    /// The leader's view of each follower, for logs and failure reports.
+    public var progressDescription: String {
+        progress.keys.sorted().map { id in
+            let p = progress[id]!
+            return "\(id): \(p.state) match \(p.match) next \(p.next) inflight \(p.inflight.count) probeSent \(p.probeSent)"
+        }.joined(separator: "; ")
+    }
+
+    /// When this leader's lease ends, or nil when it holds none. The lease rests on the send
+    /// times a quorum of voters has acknowledged this term (this node counting as `now`,
+    /// which is later than any send time, so the quorum-th newest is the (quorum−1)-th newest
+    /// acknowledgement of the others).
+    public func leaseExpiry(now: Duration) -> Duration? {
+        guard role == .leader, !leaseRenounced, let start = leaseStart else { return nil }
+        let expiry = (start ?? now) + config.leaseDuration
+        return expiry > now ? expiry : nil
+    }
+
+    public func holdsLease(now: Duration) -> Bool { leaseExpiry(now: now) != nil }
+
+    /// Whether this node may answer reads from its applied state right now: it leads, holds
+    /// the lease, and has applied an entry of its own term (so everything committed before
+    /// the term is applied too).
+    public func canServeReads(now: Duration) -> Bool {
+        holdsLease(now: now) && applied >= termStartIndex && termStartIndex > 0
+    }
+
+    // MARK: - Inputs
+
+    /// Advances timers: elections, heartbeats, the quorum check, a stalled transfer.
+    public func tick(now: Duration) {
+        switch role {
+        case .leader:
+            // A leader keeps the same promise its followers keep.
+            promiseUntil = max(promiseUntil, now + config.electionTimeout)
+            if now >= quorumCheckDue {
+                quorumCheckDue = now + config.electionTimeout
+                var active = recentlyActive
+                active.insert(id)
+                let live = configuration.voters.filter { active.contains($0) }.count
+                recentlyActive = []
+                if live < configuration.quorum {
+                    becomeFollower(term: term, leader: nil, now: now)
+                    return
+                }
+            }
+            if let _ = transferee, now >= transferDeadline {
+                transferee = nil
+                if leaseRenounced {
+                    // The successor never took over; without a lease this leader serves no
+                    // one, so let an ordinary election sort it out.
+                    becomeFollower(term: term, leader: nil, now: now)
+                    return
+                }
+            }
+            if now >= heartbeatDue {
+                heartbeatDue = now + config.heartbeatInterval
+                broadcastHeartbeat(now: now)
+            }
+        case .follower, .preCandidate, .candidate:
+            guard configuration.isVoter(id) else { return }
+            if now >= electionDeadline || (leaderReportedDown && now >= promiseUntil && now >= fastElectionAt) {
+                campaign(preVote: true, transferTerm: nil, now: now)
+            }
+        }
+    }
+
+    /// Membership says `peer` is dead. If it is this follower's leader, campaign as soon as
+    /// the vote promise made to it runs out instead of waiting for the election timeout.
+    public func peerIsDown(_ peer: RaftNodeID, now: Duration) {
+        if role == .follower, leader == peer, !leaderReportedDown {
+            leaderReportedDown = true
+            let spread = config.heartbeatInterval * 2
+            fastElectionAt = max(now, promiseUntil) + .nanoseconds(Int64(random.below(Int(spread.components.attoseconds / 1_000_000_000 + spread.components.seconds * 1_000_000_000))))
+            tick(now: now)
+        }
+    }
+
+    /// Appends a command if this node leads (and is not handing leadership over). Returns
+    /// its (index, term): the command is in the state machine once that entry is applied
+    /// with that term; a different term there means it was lost and may be retried.
+    public func propose(_ data: [UInt8], now: Duration) -> (index: UInt64, term: UInt64)? {
+        guard role == .leader, transferee == nil else { return nil }
+        let entry = RaftEntry(index: log.lastIndex + 1, term: term, kind: .command, data: data)
+        appendLocal(entry)
+        broadcastAppend(now: now)
+        return (entry.index, entry.term)
+    }
+
+    /// Proposes a single-server configuration change (add or remove one voter or learner).
+    /// Refused while another change is uncommitted or when it changes more than one node.
+    public func proposeConfiguration(_ new: RaftConfiguration, now: Duration) -> Result<UInt64, RaftChangeError> {
+        guard role == .leader else { return .failure(.notLeader) }
+        guard transferee == nil else { return .failure(.transferring) }
+        guard configurationIndex <= commit else { return .failure(.changeInProgress) }
+        let oldVoters = Set(configuration.voters), newVoters = Set(new.voters)
+        guard oldVoters.symmetricDifference(newVoters).count <= 1 else { return .failure(.moreThanOneVoter) }
+        guard !newVoters.isEmpty else { return .failure(.noVoters) }
+        guard new != configuration else { return .failure(.unchanged) }
+        let entry = RaftEntry(index: log.lastIndex + 1, term: term, kind: .configuration, data: RaftConfigurationCodec.encode(new))
+        appendLocal(entry)
+        broadcastAppend(now: now)
+        return .success(entry.index)
+    }
+
+    /// Hands leadership to `target` (a voter): once its log is current it is told to
+    /// campaign at once. Proposals are refused until it takes over or the attempt times out.
+    public func transferLeadership(to target: RaftNodeID, now: Duration) {
+        guard role == .leader, target != id, configuration.isVoter(target), transferee == nil else { return }
+        transferee = target
+        transferDeadline = now + config.electionTimeout
+        if progress[target]?.match == log.lastIndex {
+            sendTimeoutNow(to: target)
+        } else {
+            sendAppend(to: target, now: now)
+        }
+    }
+
+    /// Forgets log entries up to `index` (at most the applied index): the state machine at
+    /// `applied` stands in for them from now on.
+    public func compact(to index: UInt64) -> RaftSnapshotMeta? {
+        let target = min(index, applied, persistedIndex)
+        guard target > log.snapshot.index else { return nil }
+        log.compact(to: target, configuration: log.configuration(atOrBefore: target))
+        return log.snapshot
+    }
+
+    public func step(_ m: RaftMessage, now: Duration) {
+        guard m.to == id, m.partition == partition, m.from != id else { return }
+        if role == .leader { promiseUntil = max(promiseUntil, now + config.electionTimeout) }
+        if m.term > term {
+            if case .vote(_, _, _, let transferTerm) = m.body {
+                let forced = transferTerm != nil && transferTerm == term
+                if now < promiseUntil, !forced {
+                    // Still bound by the promise to the current leader (or, after a restart,
+                    // to whichever leader this node may have answered before it died).
+                    return
+                }
+            }
+            switch m.body {
+            case .vote(preVote: true, _, _, _):
+                break  // a pre-vote does not change the term
+            case .voteResponse(preVote: true, granted: true):
+                break  // granted pre-votes carry the term the candidate asked for
+            case .append, .heartbeat, .snapshot:
+                becomeFollower(term: m.term, leader: m.from, now: now)
+            default:
+                becomeFollower(term: m.term, leader: nil, now: now)
+            }
+        } else if m.term < term {
+            switch m.body {
+            case .append, .heartbeat, .snapshot:
+                // A deposed leader: tell it the term so it steps down.
+                send(to: m.from, term: term, .appendResponse(reject: true, index: 0, hint: log.lastIndex, sentAt: .zero))
+            case .vote(preVote: true, _, _, _):
+                send(to: m.from, term: term, .voteResponse(preVote: true, granted: false))
+            default:
+                break
+            }
+            return
+        }
+
+        switch m.body {
+        case .vote(let pre, let lastIndex, let lastTerm, _):
+            handleVote(m, preVote: pre, lastIndex: lastIndex, lastTerm: lastTerm, now: now)
+        case .voteResponse(let pre, let granted):
+            handleVoteResponse(from: m.from, preVote: pre, granted: granted, now: now)
+        case .append(let prevIndex, let prevTerm, let entries, let leaderCommit, let sentAt):
+            heardFromLeader(m.from, now: now)
+            handleAppend(from: m.from, prevIndex: prevIndex, prevTerm: prevTerm, entries: entries, leaderCommit: leaderCommit, sentAt: sentAt)
+        case .heartbeat(let leaderCommit, let sentAt):
+            heardFromLeader(m.from, now: now)
+            if leaderCommit > commit { commit = min(leaderCommit, log.lastIndex) }
+            send(to: m.from, term: term, .heartbeatResponse(sentAt: sentAt))
+        case .snapshot(let meta, let data, let sentAt):
+            heardFromLeader(m.from, now: now)
+            handleSnapshot(from: m.from, meta: meta, data: data, sentAt: sentAt)
+        case .appendResponse(let reject, let index, let hint, let sentAt):
+            guard role == .leader else { return }
+            handleAppendResponse(from: m.from, reject: reject, index: index, hint: hint, sentAt: sentAt, now: now)
+        case .heartbeatResponse(let sentAt):
+            guard role == .leader else { return }
+            acknowledged(by: m.from, sentAt: sentAt)
+            if var pr = progress[m.from] {
+                pr.probeSent = false
+                if pr.state == .snapshot, now - pr.snapshotSentAt >= config.heartbeatInterval * 4 {
+                    pr.state = .probe  // the snapshot was lost: try again
+                }
+                if pr.state == .replicate, pr.match < log.lastIndex, pr.match == pr.matchAtLastHeartbeat {
+                    // No progress for a whole heartbeat interval: appends were lost. Probe
+                    // again from what the follower is known to hold.
+                    pr.state = .probe
+                    pr.next = pr.match + 1
+                    pr.inflight = []
+                }
+                pr.matchAtLastHeartbeat = pr.match
+                progress[m.from] = pr
+                if pr.match < log.lastIndex { sendAppend(to: m.from, now: now) }
+            }
+        case .timeoutNow:
+            guard configuration.isVoter(id) else { return }
+            campaign(preVote: false, transferTerm: term, now: now)
+        }
+    }
+
+    // MARK: - Ready / advance
+
+    public var hasReady: Bool {
+        guard readyInFlight == nil else { return false }
+        return hardState != persistedHardState || pendingSnapshot != nil || unstableFrom <= log.lastIndex
+            || !messages.isEmpty || min(commit, log.lastIndex) > handedOutCommitted
+    }
+
+    /// What to persist, send and apply. Call ``advance(_:)`` once it is durable and sent;
+    /// no other ready is handed out in between.
+    public func ready() -> RaftReady {
+        precondition(readyInFlight == nil, "ready() before advance()")
+        var r = RaftReady()
+        if hardState != persistedHardState { r.hardState = hardState }
+        var snapshotIndex: UInt64?
+        if let s = pendingSnapshot {
+            r.snapshot = s
+            snapshotIndex = s.meta.index
+            pendingSnapshot = nil
+        }
+        var lastEntry: UInt64?
+        if unstableFrom <= log.lastIndex {
+            r.entries = log.slice(from: unstableFrom, to: log.lastIndex)
+            lastEntry = log.lastIndex
+            unstableFrom = log.lastIndex + 1
+        }
+        r.messages = messages
+        messages = []
+        let applyTo = min(commit, log.lastIndex)
+        if applyTo > handedOutCommitted {
+            r.committed = log.slice(from: handedOutCommitted + 1, to: applyTo)
+            handedOutCommitted = applyTo
+        }
+        readyInFlight = (lastEntry, handedOutCommitted, snapshotIndex)
+        persistedHardState = r.hardState ?? persistedHardState
+        return r
+    }
+
+    /// The last ready is on disk, its messages sent and its committed entries applied.
+    public func advance(now: Duration) {
+        guard let done = readyInFlight else { return }
+        readyInFlight = nil
+        if let s = done.snapshot {
+            persistedIndex = max(persistedIndex, s)
+        }
+        if let last = done.lastEntry {
+            // Entries truncated meanwhile are not durable in their new form yet.
+            persistedIndex = max(persistedIndex, min(last, unstableFrom - 1))
+        }
+        persistedIndex = min(persistedIndex, unstableFrom - 1)
+        applied = max(applied, done.committedTo)
+        if role == .leader {
+            progress[id]?.match = persistedIndex
+            progress[id]?.next = log.lastIndex + 1
+            if maybeCommit() { broadcastAppend(now: now) }
+            stepDownIfRemoved(now: now)
+        }
+    }
+
+    // MARK: - Elections
+
+    private func resetElectionTimer(now: Duration) {
+        let e = config.electionTimeout
+        let jitter = Duration.nanoseconds(Int64(random.below(Int(e.components.seconds * 1_000_000_000 + e.components.attoseconds / 1_000_000_000))))
+        electionDeadline = now + e + jitter
+    }
+
+    private func heardFromLeader(_ from: RaftNodeID, now: Duration) {
+        if role != .follower { becomeFollower(term: term, leader: from, now: now) }
+        leader = from
+        leaderReportedDown = false
+        promiseUntil = max(promiseUntil, now + config.electionTimeout)
+        resetElectionTimer(now: now)
+    }
+
+    private func becomeFollower(term newTerm: UInt64, leader newLeader: RaftNodeID?, now: Duration) {
+        if newTerm > term {
+            term = newTerm
+            vote = nil
+        }
+        if role == .leader {
+            // A leader's acknowledgements were a promise to it: keep it after stepping down.
+            promiseUntil = max(promiseUntil, now + config.electionTimeout)
+        }
+        role = .follower
+        leader = newLeader
+        leaderReportedDown = false
+        votes = [:]
+        progress = [:]
+        acknowledgedSentAt = [:]
+        leaseStart = nil
+        transferee = nil
+        leaseRenounced = false
+        resetElectionTimer(now: now)
+    }
+
+    private func campaign(preVote: Bool, transferTerm: UInt64?, now: Duration) {
+        resetElectionTimer(now: now)
+        leader = nil
+        leaderReportedDown = false
+        votes = [id: true]
+        let voteTerm: UInt64
+        if preVote {
+            role = .preCandidate
+            voteTerm = term + 1
+        } else {
+            role = .candidate
+            term += 1
+            vote = id
+            voteTerm = term
+        }
+        if votes.count >= configuration.quorum {
+            if preVote { campaign(preVote: false, transferTerm: nil, now: now) } else { becomeLeader(now: now) }
+            return
+        }
+        for v in configuration.voters where v != id {
+            send(to: v, term: voteTerm, .vote(preVote: preVote, lastIndex: log.lastIndex, lastTerm: log.lastTerm, transferTerm: transferTerm))
+        }
+    }
+
+    private func handleVote(_ m: RaftMessage, preVote: Bool, lastIndex: UInt64, lastTerm: UInt64, now: Duration) {
+        let canVote = vote == m.from || (vote == nil && leader == nil) || (preVote && m.term > term)
+        if canVote, configuration.isVoter(id), log.isUpToDate(lastIndex: lastIndex, lastTerm: lastTerm) {
+            send(to: m.from, term: m.term, .voteResponse(preVote: preVote, granted: true))
+            if !preVote {
+                vote = m.from
+                resetElectionTimer(now: now)
+            }
+        } else {
+            send(to: m.from, term: term, .voteResponse(preVote: preVote, granted: false))
+        }
+    }
+
+    private func handleVoteResponse(from: RaftNodeID, preVote: Bool, granted: Bool, now: Duration) {
+        guard (preVote && role == .preCandidate) || (!preVote && role == .candidate) else { return }
+        guard configuration.isVoter(from) else { return }
+        votes[from] = granted
+        let yes = votes.values.filter { $0 }.count
+        let no = votes.count - yes
+        if yes >= configuration.quorum {
+            if preVote { campaign(preVote: false, transferTerm: nil, now: now) } else { becomeLeader(now: now) }
+        } else if no >= configuration.quorum {
+            becomeFollower(term: term, leader: nil, now: now)
+        }
+    }
+
+    private func becomeLeader(now: Duration) {
+        role = .leader
+        leader = id
+        votes = [:]
+        transferee = nil
+        leaseRenounced = false
+        acknowledgedSentAt = [:]
+        recomputeLeaseStart()
+        recentlyActive = []
+        quorumCheckDue = now + config.electionTimeout
+        heartbeatDue = now + config.heartbeatInterval
+        progress = [:]
+        for member in configuration.members {
+            progress[member] = Progress(next: log.lastIndex + 1)
+        }
+        progress[id]?.match = persistedIndex
+        let noop = RaftEntry(index: log.lastIndex + 1, term: term, kind: .noop)
+        termStartIndex = noop.index
+        appendLocal(noop)
+        broadcastAppend(now: now)
+    }
+
+    // MARK: - Replication (leader)
+
+    private func appendLocal(_ entry: RaftEntry) {
+        log.append(entry)
+        if entry.kind == .configuration { applyConfigurationChange(at: entry.index) }
+    }
+
+    private func applyConfigurationChange(at index: UInt64) {
+        configurationIndex = index
+        configuration = log.configuration(atOrBefore: log.lastIndex)
+        guard role == .leader else { return }
+        for member in configuration.members where progress[member] == nil {
+            progress[member] = Progress(next: log.lastIndex + 1)
+        }
+        for member in progress.keys where !configuration.members.contains(member) {
+            progress[member] = nil
+            acknowledgedSentAt[member] = nil
+        }
+        recomputeLeaseStart()
+    }
+
+    private func stepDownIfRemoved(now: Duration) {
+        if role == .leader, !configuration.isVoter(id), configurationIndex <= commit {
+            becomeFollower(term: term, leader: nil, now: now)
+        }
+    }
+
+    private func broadcastAppend(now: Duration) {
+        for member in configuration.members where member != id {
+            sendAppend(to: member, now: now)
+        }
+    }
+
+    private func broadcastHeartbeat(now: Duration) {
+        for member in configuration.members where member != id {
+            let match = progress[member]?.match ?? 0
+            send(to: member, term: term, .heartbeat(commit: min(match, commit), sentAt: now))
+        }
+    }
+
+    private func sendAppend(to peer: RaftNodeID, now: Duration) {
+        guard var pr = progress[peer] else { return }
+        defer { progress[peer] = pr }
+        while true {
+            switch pr.state {
+            case .snapshot: return
+            case .probe: if pr.probeSent { return }
+            case .replicate: if pr.inflight.count >= config.maxInflight { return }
+            }
+            let prevIndex = pr.next - 1
+            guard let prevTerm = log.term(at: prevIndex) else {
+                // The entries it needs are compacted away: send the state machine instead, as
+                // the shell will have it when this message leaves — every committed entry
+                // handed out in earlier readies applied, none of the next one's.
+                let at = handedOutCommitted
+                guard let t = log.term(at: at) else { return }
+                let meta = RaftSnapshotMeta(index: at, term: t, configuration: log.configuration(atOrBefore: at))
+                send(to: peer, term: term, .snapshot(meta: meta, data: [], sentAt: now))
+                pr.state = .snapshot
+                pr.snapshotIndex = at
+                pr.snapshotSentAt = now
+                pr.inflight = []
+                return
+            }
+            let entries = log.slice(from: pr.next, to: log.lastIndex, maxCount: config.maxEntriesPerAppend, maxBytes: config.maxBytesPerAppend)
+            if pr.state == .replicate, entries.isEmpty, commit <= pr.commitSent {
+                return  // nothing new to say
+            }
+            send(to: peer, term: term, .append(prevIndex: prevIndex, prevTerm: prevTerm, entries: entries, commit: commit, sentAt: now))
+            pr.commitSent = commit
+            switch pr.state {
+            case .probe:
+                pr.probeSent = true
+                return
+            case .replicate:
+                guard let last = entries.last?.index else { return }
+                pr.next = last + 1
+                pr.inflight.append(last)
+                if pr.next > log.lastIndex { return }
+            case .snapshot:
+                return
+            }
+        }
+    }
+
+    private func acknowledged(by peer: RaftNodeID, sentAt: Duration) {
+        recentlyActive.insert(peer)
+        if configuration.isVoter(peer), sentAt > (acknowledgedSentAt[peer] ?? .zero) {
+            acknowledgedSentAt[peer] = sentAt
+            recomputeLeaseStart()
+        }
+    }
+
+    private func recomputeLeaseStart() {
+        let needed = configuration.quorum - (configuration.isVoter(id) ? 1 : 0)
+        if needed <= 0 {
+            leaseStart = .some(nil)
+            return
+        }
+        var times: [Duration] = []
+        times.reserveCapacity(configuration.voters.count)
+        for v in configuration.voters where v != id {
+            if let t = acknowledgedSentAt[v] { times.append(t) }
+        }
+        guard times.count >= needed else {
+            leaseStart = nil
+            return
+        }
+        times.sort(by: >)
+        leaseStart = .some(times[needed - 1])
+    }
+
+    private func handleAppendResponse(from peer: RaftNodeID, reject: Bool, index: UInt64, hint: UInt64, sentAt: Duration, now: Duration) {
+        guard var pr = progress[peer] else { return }
+        acknowledged(by: peer, sentAt: sentAt)
+        if reject {
+            // Stale rejections (of something already matched, or of an earlier probe)
+            // change nothing.
+            guard index > pr.match else { return }
+            if pr.state == .probe, index != pr.next - 1 { return }
+            pr.next = max(pr.match + 1, min(index, hint + 1))
+            pr.state = .probe
+            pr.probeSent = false
+            pr.inflight = []
+            progress[peer] = pr
+            sendAppend(to: peer, now: now)
+            return
+        }
+        if index > pr.match {
+            pr.match = index
+            pr.next = max(pr.next, index + 1)
+            pr.inflight.removeAll { $0 <= index }
+            switch pr.state {
+            case .probe:
+                pr.state = .replicate
+                pr.probeSent = false
+                pr.inflight = []
+            case .snapshot where index >= pr.snapshotIndex:
+                pr.state = .replicate
+                pr.inflight = []
+            default:
+                break
+            }
+            progress[peer] = pr
+            if maybeCommit() { broadcastAppend(now: now) }
+            stepDownIfRemoved(now: now)
+            guard role == .leader else { return }
+        } else {
+            if pr.state == .probe { pr.probeSent = false }
+            progress[peer] = pr
+        }
+        if peer == transferee, progress[peer]?.match == log.lastIndex {
+            sendTimeoutNow(to: peer)
+        }
+        sendAppend(to: peer, now: now)
+    }
+
+    /// Commits the highest index a quorum of voters has stored, if it is of this term.
+    private func maybeCommit() -> Bool {
+        var matches = configuration.voters.map { progress[$0]?.match ?? 0 }
+        guard matches.count >= configuration.quorum else { return false }
+        matches.sort(by: >)
+        let candidate = matches[configuration.quorum - 1]
+        guard candidate > commit, log.term(at: candidate) == term else { return false }
+        commit = candidate
+        return true
+    }
+
+    private func sendTimeoutNow(to peer: RaftNodeID) {
+        leaseRenounced = true
+        send(to: peer, term: term, .timeoutNow)
+    }
+
+    // MARK: - Replication (follower)
+
+    private func handleAppend(from leader: RaftNodeID, prevIndex: UInt64, prevTerm: UInt64, entries: [RaftEntry], leaderCommit: UInt64, sentAt: Duration) {
+        if prevIndex < commit {
+            // Everything up to commit is settled; say where we are.
+            send(to: leader, term: term, .appendResponse(reject: false, index: commit, hint: log.lastIndex, sentAt: sentAt))
+            return
+        }
+        guard log.matches(index: prevIndex, term: prevTerm) else {
+            send(to: leader, term: term, .appendResponse(reject: true, index: prevIndex, hint: log.lastIndex, sentAt: sentAt))
+            return
+        }
+        var configurationChanged = false
+        for e in entries {
+            if let existing = log.term(at: e.index) {
+                if existing == e.term { continue }
+                precondition(e.index > commit, "Raft safety: a committed entry conflicts at index \(e.index)")
+                log.truncate(from: e.index)
+                unstableFrom = min(unstableFrom, e.index)
+                persistedIndex = min(persistedIndex, e.index - 1)
+                if configurationIndex >= e.index { configurationChanged = true }
+            }
+            log.append(e)
+            if e.kind == .configuration { configurationChanged = true }
+        }
+        if configurationChanged {
+            configurationIndex = Self.lastConfigurationIndex(in: log)
+            configuration = log.configuration(atOrBefore: log.lastIndex)
+        }
+        let lastNew = prevIndex + UInt64(entries.count)
+        if leaderCommit > commit { commit = min(leaderCommit, lastNew) }
+        send(to: leader, term: term, .appendResponse(reject: false, index: lastNew, hint: log.lastIndex, sentAt: sentAt))
+    }
+
+    private func handleSnapshot(from leader: RaftNodeID, meta: RaftSnapshotMeta, data: [UInt8], sentAt: Duration) {
+        if meta.index <= commit {
+            send(to: leader, term: term, .appendResponse(reject: false, index: commit, hint: log.lastIndex, sentAt: sentAt))
+            return
+        }
+        if log.matches(index: meta.index, term: meta.term) {
+            // We have the entries already; only the commit point moves.
+            commit = meta.index
+        } else {
+            log.restore(meta)
+            pendingSnapshot = (meta, data)
+            commit = meta.index
+            handedOutCommitted = meta.index
+            unstableFrom = meta.index + 1
+            persistedIndex = min(persistedIndex, meta.index)
+            configuration = meta.configuration
+            configurationIndex = 0
+        }
+        send(to: leader, term: term, .appendResponse(reject: false, index: meta.index, hint: log.lastIndex, sentAt: sentAt))
+    }
+
+    private func send(to peer: RaftNodeID, term t: UInt64, _ body: RaftMessage.Body) {
+        messages.append(RaftMessage(partition: partition, from: id, to: peer, term: t, body: body))
+    }
+
+    private static func lastConfigurationIndex(in log: RaftLog) -> UInt64 {
+        var i = log.lastIndex
+        while i > log.snapshot.index {
+            if log.entry(at: i)?.kind == .configuration { return i }
+            i -= 1
+        }
+        return 0
+    }
+}
+
+public enum RaftChangeError: Error, Sendable, Equatable, CustomStringConvertible {
+    case notLeader, transferring, changeInProgress, moreThanOneVoter, noVoters, unchanged
+
+    public var description: String {
+        switch self {
+        case .notLeader: "this node does not lead the partition"
+        case .transferring: "leadership is being handed over"
+        case .changeInProgress: "another configuration change is not committed yet"
+        case .moreThanOneVoter: "a change may add or remove one voter at a time"
+        case .noVoters: "a configuration needs at least one voter"
+        case .unchanged: "the configuration is already that"
+        }
+    }
+}

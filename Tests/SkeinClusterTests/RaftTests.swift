@@ -1,0 +1,290 @@
+import SkeinCluster
+import Testing
+
+/// A few Raft nodes of one partition wired directly together: messages go where they are
+/// addressed unless the link is cut, readies are "persisted" at once, and time moves only
+/// when a test says so.
+struct RaftHarness {
+    var nodes: [RaftNodeID: Raft] = [:]
+    var now: Duration = .seconds(1)
+    var cut: Set<[RaftNodeID]> = []
+    var applied: [RaftNodeID: [RaftEntry]] = [:]
+    var stored: [RaftNodeID: RaftStoredState] = [:]
+    let config: RaftConfig
+
+    init(_ ids: [RaftNodeID], learners: [RaftNodeID] = [], config: RaftConfig = RaftConfig()) {
+        self.config = config
+        let configuration = RaftConfiguration(voters: ids, learners: learners)
+        for (i, id) in (ids + learners).enumerated() {
+            nodes[id] = Raft(id: id, partition: 0, stored: .fresh(configuration), config: config, seed: UInt64(i + 1), now: now)
+            stored[id] = .fresh(configuration)
+        }
+    }
+
+    func raft(_ id: RaftNodeID) -> Raft { nodes[id]! }
+
+    mutating func isolate(_ id: RaftNodeID) {
+        for other in nodes.keys where other != id {
+            cut.insert([id, other])
+            cut.insert([other, id])
+        }
+    }
+
+    /// Delivers everything until the cluster is quiet.
+    mutating func settle() {
+        var rounds = 0
+        while rounds < 1_000 {
+            rounds += 1
+            var outgoing: [RaftMessage] = []
+            for id in nodes.keys.sorted() {
+                let r = nodes[id]!
+                guard r.hasReady else { continue }
+                let ready = r.ready()
+                var s = stored[id]!
+                if let h = ready.hardState { s.hardState = h }
+                if let snap = ready.snapshot {
+                    s.snapshot = snap.meta
+                    s.entries = []
+                    s.applied = snap.meta.index
+                }
+                if let first = ready.entries.first?.index {
+                    s.entries.removeAll { $0.index >= first }
+                    s.entries += ready.entries
+                }
+                for e in ready.committed {
+                    applied[id, default: []].append(e)
+                    s.applied = e.index
+                }
+                stored[id] = s
+                outgoing += ready.messages
+                r.advance(now: now)
+            }
+            if outgoing.isEmpty, !nodes.values.contains(where: { $0.hasReady }) { return }
+            for m in outgoing where !cut.contains([m.from, m.to]) {
+                nodes[m.to]?.step(m, now: now)
+            }
+        }
+        Issue.record("the cluster never went quiet")
+    }
+
+    /// Advances time in ticks of 10 ms, settling after each.
+    mutating func run(for d: Duration) {
+        let end = now + d
+        while now < end {
+            now += .milliseconds(10)
+            for id in nodes.keys.sorted() { nodes[id]!.tick(now: now) }
+            settle()
+        }
+    }
+
+    var leaders: [RaftNodeID] { nodes.values.filter { $0.role == .leader }.map(\.id).sorted() }
+
+    /// Restarts `id` from what it persisted.
+    mutating func restart(_ id: RaftNodeID, seed: UInt64 = 99) {
+        nodes[id] = Raft(id: id, partition: 0, stored: stored[id]!, config: config, seed: seed, now: now)
+    }
+}
+
+@Suite("Raft")
+struct RaftTests {
+    let three = ["a", "b", "c"]
+
+    @Test("a single voter elects itself and commits at once")
+    func singleVoter() {
+        var h = RaftHarness(["a"])
+        h.run(for: .seconds(2))
+        #expect(h.leaders == ["a"])
+        let a = h.raft("a")
+        let (index, term) = a.propose([1, 2, 3], now: h.now)!
+        h.settle()
+        #expect(a.commit == index)
+        #expect(h.applied["a"]?.last == RaftEntry(index: index, term: term, kind: .command, data: [1, 2, 3]))
+        #expect(a.canServeReads(now: h.now))
+    }
+
+    @Test("three voters elect one leader, replicate and commit on a majority")
+    func replicate() throws {
+        var h = RaftHarness(three)
+        h.run(for: .seconds(2))
+        #expect(h.leaders.count == 1)
+        let leader = h.raft(h.leaders[0])
+        let followers = three.filter { $0 != leader.id }
+        h.isolate(followers[0])
+        let (index, _) = try #require(leader.propose([7], now: h.now))
+        h.settle()
+        #expect(leader.commit >= index)  // leader + one follower is a majority
+        #expect(h.applied[followers[1]]?.last?.data == [7] || h.raft(followers[1]).commit < index)
+        h.cut = []
+        h.run(for: .milliseconds(200))
+        for id in three { #expect(h.applied[id]?.contains { $0.data == [7] } == true) }
+    }
+
+    @Test("pre-vote: a node cut off does not raise its term, and does not disturb the leader when it returns")
+    func preVote() {
+        var h = RaftHarness(three)
+        h.run(for: .seconds(2))
+        let leader = h.leaders[0]
+        let term = h.raft(leader).term
+        let loner = three.first { $0 != leader }!
+        h.isolate(loner)
+        h.run(for: .seconds(5))
+        #expect(h.raft(loner).term == term)
+        h.cut = []
+        h.run(for: .seconds(1))
+        #expect(h.leaders == [leader])
+        #expect(h.raft(leader).term == term)
+    }
+
+    @Test("check quorum: a leader cut off from its followers steps down; they elect another")
+    func checkQuorum() {
+        var h = RaftHarness(three)
+        h.run(for: .seconds(2))
+        let old = h.leaders[0]
+        h.isolate(old)
+        h.run(for: .seconds(3))
+        #expect(h.raft(old).role != .leader)
+        #expect(h.leaders.count == 1 && h.leaders[0] != old)
+    }
+
+    @Test("lease: held while a quorum acknowledges, lapses within the lease period without, and followers keep their promise")
+    func lease() {
+        var h = RaftHarness(three)
+        h.run(for: .seconds(2))
+        let leaderID = h.leaders[0]
+        let leader = h.raft(leaderID)
+        #expect(leader.holdsLease(now: h.now))
+        let expiry = leader.leaseExpiry(now: h.now)!
+        #expect(expiry - h.now <= h.config.leaseDuration)
+        // Cut off: the lease runs out no later than one lease period after the last ack.
+        h.isolate(leaderID)
+        let cutAt = h.now
+        h.run(for: h.config.leaseDuration + .milliseconds(20))
+        #expect(!leader.holdsLease(now: h.now))
+        #expect(!leader.canServeReads(now: h.now))
+        // No follower voted for anyone while its promise (one election timeout from the last
+        // message it heard) lasted.
+        for id in three where id != leaderID {
+            #expect(h.raft(id).term == leader.term || h.now - cutAt >= h.config.electionTimeout)
+        }
+        #expect(h.config.leaseDuration < h.config.electionTimeout * (1 - h.config.maxDrift) / (1 + h.config.maxDrift))
+    }
+
+    @Test("leadership transfer: the target takes over, and the old leader gives up its lease when it hands over")
+    func transfer() throws {
+        var h = RaftHarness(three)
+        h.run(for: .seconds(2))
+        let old = h.raft(h.leaders[0])
+        let target = three.first { $0 != old.id }!
+        old.transferLeadership(to: target, now: h.now)
+        #expect(old.propose([1], now: h.now) == nil)  // no proposals mid-transfer
+        // The lease ends the moment TimeoutNow is sent (the target is current already).
+        #expect(!old.holdsLease(now: h.now))
+        h.settle()
+        #expect(h.leaders == [target])
+        h.run(for: .milliseconds(100))
+        #expect(h.raft(target).holdsLease(now: h.now))
+    }
+
+    @Test("a leader reported down is replaced as soon as the followers' promise ends, not after a full election timeout")
+    func fastElectionOnDeath() {
+        // Two identical clusters (same seeds); only in the first does membership report the
+        // cut-off leader dead.
+        func cluster(reported: Bool) -> [RaftNodeID] {
+            var h = RaftHarness(three)
+            h.run(for: .seconds(2))
+            let old = h.leaders[0]
+            h.isolate(old)
+            h.run(for: .milliseconds(300))
+            if reported {
+                for id in three where id != old { h.raft(id).peerIsDown(old, now: h.now) }
+            }
+            // Promises end 500 ms after the last heartbeat; with the report an election
+            // follows within two heartbeat intervals instead of after 500–1000 ms of timeout.
+            h.run(for: .milliseconds(320))
+            return h.leaders.filter { $0 != old }
+        }
+        #expect(cluster(reported: true).count == 1)
+        #expect(cluster(reported: false).isEmpty)
+    }
+
+    @Test("a restarted node keeps its vote promise for an election timeout")
+    func restartKeepsPromise() {
+        var h = RaftHarness(three)
+        h.run(for: .seconds(2))
+        let leader = h.leaders[0]
+        let follower = three.first { $0 != leader }!
+        let candidate = three.first { $0 != leader && $0 != follower }!
+        h.restart(follower)
+        let r = h.raft(follower)
+        let term = r.term
+        // A vote request with a higher term right after the restart is ignored.
+        r.step(RaftMessage(partition: 0, from: candidate, to: follower, term: term + 1,
+                           body: .vote(preVote: false, lastIndex: 100, lastTerm: term + 1, transferTerm: nil)), now: h.now)
+        #expect(r.term == term)
+        #expect(r.vote != candidate)
+        r.step(RaftMessage(partition: 0, from: candidate, to: follower, term: term + 1,
+                           body: .vote(preVote: false, lastIndex: 100, lastTerm: term + 1, transferTerm: nil)), now: h.now + h.config.electionTimeout)
+        #expect(r.term == term + 1)
+        #expect(r.vote == candidate)
+    }
+
+    @Test("a follower behind the leader's compacted log catches up from a snapshot plus the tail")
+    func snapshotCatchUp() throws {
+        var h = RaftHarness(three)
+        h.run(for: .seconds(2))
+        let leader = h.raft(h.leaders[0])
+        let lagging = three.first { $0 != leader.id }!
+        h.isolate(lagging)
+        for i in 0..<50 { _ = leader.propose([UInt8(i)], now: h.now); h.settle() }
+        let meta = try #require(leader.compact(to: leader.applied))
+        #expect(meta.index == leader.applied)
+        #expect(leader.firstIndex == meta.index + 1)
+        for i in 50..<55 { _ = leader.propose([UInt8(i)], now: h.now); h.settle() }
+        h.cut = []
+        h.run(for: .milliseconds(300))
+        let f = h.raft(lagging)
+        #expect(f.snapshotMeta.index >= meta.index)
+        #expect(f.commit == leader.commit)
+        #expect(h.stored[lagging]!.applied == leader.commit)
+    }
+
+    @Test("configuration changes go one voter at a time; a learner replicates and never votes")
+    func configurationChanges() throws {
+        var h = RaftHarness(three, learners: ["d"])
+        h.run(for: .seconds(2))
+        let leader = h.raft(h.leaders[0])
+        #expect(h.raft("d").role == .follower)
+        _ = leader.propose([9], now: h.now)
+        h.settle()
+        #expect(h.applied["d"]?.contains { $0.data == [9] } == true)
+        // Two voters at once is refused.
+        #expect(leader.proposeConfiguration(RaftConfiguration(voters: ["a", "b", "c", "d", "e"]), now: h.now) == .failure(.moreThanOneVoter))
+        // Promote d.
+        _ = try leader.proposeConfiguration(RaftConfiguration(voters: ["a", "b", "c", "d"]), now: h.now).get()
+        #expect(leader.proposeConfiguration(RaftConfiguration(voters: ["a", "b", "c"]), now: h.now) == .failure(.changeInProgress))
+        h.settle()
+        #expect(h.raft("d").configuration.voters == ["a", "b", "c", "d"])
+        // Remove a voter that is not the leader.
+        let gone = ["a", "b", "c"].first { $0 != leader.id }!
+        _ = try leader.proposeConfiguration(RaftConfiguration(voters: ["a", "b", "c", "d"].filter { $0 != gone }), now: h.now).get()
+        h.settle()
+        #expect(leader.configuration.voters.count == 3)
+        #expect(!leader.configuration.voters.contains(gone))
+        _ = leader.propose([10], now: h.now)
+        h.settle()
+        #expect(h.applied["d"]?.last?.data == [10])
+    }
+
+    @Test("a leader that removes itself steps down once the change commits")
+    func leaderRemovesItself() throws {
+        var h = RaftHarness(three)
+        h.run(for: .seconds(2))
+        let leader = h.raft(h.leaders[0])
+        _ = try leader.proposeConfiguration(RaftConfiguration(voters: three.filter { $0 != leader.id }), now: h.now).get()
+        h.settle()
+        #expect(leader.role != .leader)
+        h.isolate(leader.id)
+        h.run(for: .seconds(3))
+        #expect(h.leaders.count == 1 && h.leaders[0] != leader.id)
+    }
+}
