@@ -59,6 +59,7 @@ let package = Package(
             name: "SkeinStore",
             dependencies: [
                 "SkeinPipeline",
+                "SkeinCluster",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: swiftSettings

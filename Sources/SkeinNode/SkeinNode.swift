@@ -20,6 +20,7 @@ public final class SkeinNode: Service, Sendable {
     public let settings: NodeSettings
     let logger: Logger
     let database: NodeDatabase
+    let partitions: PartitionStore
     let router: SkeinPipeline.Router
     let traces: TraceStore
     let tracer: any Tracer
@@ -42,6 +43,7 @@ public final class SkeinNode: Service, Sendable {
         self.onServing = onServing
         do {
             database = try NodeDatabase(directory: settings.data)
+            partitions = try PartitionStore(database: database, partitions: settings.partitions)
         } catch {
             throw NodeStartError(error.description)
         }
@@ -77,12 +79,13 @@ public final class SkeinNode: Service, Sendable {
         compute.start()
         let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(timeout: .init(connect: .seconds(5))))
         let performer = NodeEffectPerformer(
-            keyValue: LocalKeyValueStore(database: database, limits: KeyValueLimits(maxValueBytes: settings.maxBodySize)),
+            keyValue: ReplicatedKeyValueStore(cluster: cluster, limits: KeyValueLimits(maxValueBytes: settings.maxBodySize)),
             sql: LocalSQLDatabase(database: database), http: http, compute: compute, maxResponseBytes: 16 << 20)
         let renderer = JSONErrorRenderer()
         let responder = NodeResponder(
             router: router, runner: PipelineRunner(performer: performer, renderer: renderer),
             system: SystemRoutes(settings: settings, traces: traces, renderer: renderer, readiness: readiness, cluster: cluster),
+            keyValue: KeyValueRoutes(cluster: cluster, limits: KeyValueLimits(maxValueBytes: settings.maxBodySize), renderer: renderer),
             traces: traces, settings: settings, tracer: tracer, tracing: !(tracer is NoOpTracer), logger: logger,
             requests: Counter(label: "skein_requests_total"), failures: Counter(label: "skein_requests_failed_total"),
             latency: Metrics.Timer(label: "skein_request_duration"))
@@ -128,10 +131,18 @@ public final class SkeinNode: Service, Sendable {
                         logger.warning("peer port stopped with an error", metadata: ["error": "\(error)"])
                     }
                 }
+                let partitions = self.partitions
                 group.addTask {
                     for await port in peerPorts {
                         let driver = cluster.start(peerPort: port)
-                        await cancelWhenGracefulShutdown { await driver.run() }
+                        let replication = try cluster.startReplication(store: partitions)
+                        await driver.setOnDown { peer in Task { await replication.peerIsDown(peer) } }
+                        await cancelWhenGracefulShutdown {
+                            await withTaskGroup(of: Void.self) { parts in
+                                parts.addTask { await driver.run() }
+                                parts.addTask { await replication.run() }
+                            }
+                        }
                         // Leaving must not be cut short by the cancellation that stopped the loop.
                         await Task { await driver.leave() }.value
                     }

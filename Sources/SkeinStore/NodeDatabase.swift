@@ -52,6 +52,36 @@ public final class NodeDatabase: Sendable {
                 ) WITHOUT ROWID
                 """)
         }
+        migrator.registerMigration("v2: partition log") { db in
+            try db.execute(sql: """
+                CREATE TABLE raft_meta (key TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID;
+                CREATE TABLE raft_state (
+                    partition INTEGER PRIMARY KEY NOT NULL,
+                    term INTEGER NOT NULL DEFAULT 0,
+                    vote TEXT,
+                    commit_index INTEGER NOT NULL DEFAULT 0,
+                    applied_index INTEGER NOT NULL DEFAULT 0,
+                    applied_term INTEGER NOT NULL DEFAULT 0,
+                    snapshot_index INTEGER NOT NULL DEFAULT 0,
+                    snapshot_term INTEGER NOT NULL DEFAULT 0,
+                    snapshot_config BLOB
+                );
+                CREATE TABLE raft_log (
+                    partition INTEGER NOT NULL,
+                    idx INTEGER NOT NULL,
+                    term INTEGER NOT NULL,
+                    kind INTEGER NOT NULL,
+                    data BLOB NOT NULL,
+                    PRIMARY KEY (partition, idx)
+                ) WITHOUT ROWID;
+                CREATE TABLE rkv (
+                    key TEXT PRIMARY KEY NOT NULL,
+                    partition INTEGER NOT NULL,
+                    value BLOB NOT NULL
+                ) WITHOUT ROWID;
+                CREATE INDEX rkv_partition ON rkv (partition, key);
+                """)
+        }
         return migrator
     }
 
@@ -69,10 +99,13 @@ public final class NodeDatabase: Sendable {
 /// A failure of the node's storage, with the sentence a person needs.
 public enum StoreError: Error, Sendable, CustomStringConvertible {
     case unusableDirectory(String, String)
+    case partitionMismatch(stored: Int, asked: Int, path: String)
 
     public var description: String {
         switch self {
         case .unusableDirectory(let dir, let why): "data directory \(dir) is unusable: \(why)"
+        case .partitionMismatch(let stored, let asked, let path):
+            "\(path) was created with \(stored) partitions, not \(asked): start with --partitions \(stored) (the count is fixed when a cluster is created)"
         }
     }
 }

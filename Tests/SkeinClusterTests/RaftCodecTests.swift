@@ -18,7 +18,7 @@ struct RaftCodecTests {
             body = .append(prevIndex: prev, prevTerm: UInt64(random.below(5)), entries: entries(after: prev), commit: UInt64(random.below(1000)), sentAt: sentAt)
         case 1: body = .appendResponse(reject: random.chance(0.5), index: random.next(), hint: UInt64(random.below(100)), sentAt: sentAt)
         case 2: body = .heartbeat(commit: UInt64(random.below(100)), sentAt: sentAt)
-        case 3: body = .heartbeatResponse(sentAt: sentAt)
+        case 3: body = .heartbeatResponse(commit: UInt64(random.below(100)), sentAt: sentAt)
         case 4: body = .vote(preVote: random.chance(0.5), lastIndex: random.next(), lastTerm: UInt64(random.below(9)), transferTerm: random.chance(0.5) ? UInt64(random.below(9)) : nil)
         case 5: body = .voteResponse(preVote: random.chance(0.5), granted: random.chance(0.5))
         case 6: body = .timeoutNow

@@ -105,6 +105,10 @@ public final class Raft {
         // promise for a full election timeout from now.
         self.promiseUntil = now + config.electionTimeout
         resetElectionTimer(now: now)
+        if configuration.voters == [id] {
+            // Alone: nobody else can hold a lease this node promised anything to.
+            electionDeadline = now
+        }
     }
 
     // MARK: - Queries
@@ -122,7 +126,7 @@ public final class Raft {
     public var progressDescription: String {
         progress.keys.sorted().map { id in
             let p = progress[id]!
-            return "\(id): \(p.state) match \(p.match) next \(p.next) inflight \(p.inflight.count) probeSent \(p.probeSent)"
+            return "\(id): \(p.state) match \(p.match) next \(p.next) inflight \(p.inflight.count) probeSent \(p.probeSent) snapshot \(p.snapshotIndex) at \(p.snapshotSentAt)"
         }.joined(separator: "; ")
     }
 
@@ -174,7 +178,7 @@ public final class Raft {
                 }
             }
             if now >= heartbeatDue {
-                heartbeatDue = now + config.heartbeatInterval
+                heartbeatDue = nextHeartbeat(after: now)
                 broadcastHeartbeat(now: now)
             }
         case .follower, .preCandidate, .candidate:
@@ -190,8 +194,8 @@ public final class Raft {
     public func peerIsDown(_ peer: RaftNodeID, now: Duration) {
         if role == .follower, leader == peer, !leaderReportedDown {
             leaderReportedDown = true
-            let spread = config.heartbeatInterval * 2
-            fastElectionAt = max(now, promiseUntil) + .nanoseconds(Int64(random.below(Int(spread.components.attoseconds / 1_000_000_000 + spread.components.seconds * 1_000_000_000))))
+            let spread = config.electionTimeout / 5
+            fastElectionAt = max(now, promiseUntil) + .nanoseconds(Int64(random.below(Int(spread.nanosecondCount))))
             tick(now: now)
         }
     }
@@ -291,18 +295,25 @@ public final class Raft {
         case .heartbeat(let leaderCommit, let sentAt):
             heardFromLeader(m.from, now: now)
             if leaderCommit > commit { commit = min(leaderCommit, log.lastIndex) }
-            send(to: m.from, term: term, .heartbeatResponse(sentAt: sentAt))
+            send(to: m.from, term: term, .heartbeatResponse(commit: commit, sentAt: sentAt))
         case .snapshot(let meta, let data, let sentAt):
             heardFromLeader(m.from, now: now)
             handleSnapshot(from: m.from, meta: meta, data: data, sentAt: sentAt)
         case .appendResponse(let reject, let index, let hint, let sentAt):
             guard role == .leader else { return }
             handleAppendResponse(from: m.from, reject: reject, index: index, hint: hint, sentAt: sentAt, now: now)
-        case .heartbeatResponse(let sentAt):
+        case .heartbeatResponse(let followerCommit, let sentAt):
             guard role == .leader else { return }
             acknowledged(by: m.from, sentAt: sentAt)
             if var pr = progress[m.from] {
                 pr.probeSent = false
+                if followerCommit > pr.match, followerCommit <= log.lastIndex {
+                    // Committed entries are the same everywhere: the follower holds ours up to
+                    // its commit index (this is how a lost snapshot answer is made up for).
+                    pr.match = followerCommit
+                    pr.next = max(pr.next, followerCommit + 1)
+                    if pr.state == .snapshot, followerCommit >= pr.snapshotIndex { pr.state = .probe }
+                }
                 if pr.state == .snapshot, now - pr.snapshotSentAt >= config.heartbeatInterval * 4 {
                     pr.state = .probe  // the snapshot was lost: try again
                 }
@@ -324,6 +335,13 @@ public final class Raft {
     }
 
     // MARK: - Ready / advance
+
+    /// Whether the next ready has anything to persist or apply (else it is only messages,
+    /// which the shell may send at once without touching the disk).
+    public var readyNeedsStorage: Bool {
+        hardState != persistedHardState || pendingSnapshot != nil || unstableFrom <= log.lastIndex
+            || min(commit, log.lastIndex) > handedOutCommitted
+    }
 
     public var hasReady: Bool {
         guard readyInFlight == nil else { return false }
@@ -382,11 +400,18 @@ public final class Raft {
         }
     }
 
+    /// Heartbeats fall on multiples of the interval on this node's clock, so every partition
+    /// this node leads beats on the same tick and their messages travel in one batch.
+    private func nextHeartbeat(after now: Duration) -> Duration {
+        let interval = config.heartbeatInterval.nanosecondCount
+        return .nanoseconds((now.nanosecondCount / interval + 1) * interval)
+    }
+
     // MARK: - Elections
 
     private func resetElectionTimer(now: Duration) {
         let e = config.electionTimeout
-        let jitter = Duration.nanoseconds(Int64(random.below(Int(e.components.seconds * 1_000_000_000 + e.components.attoseconds / 1_000_000_000))))
+        let jitter = Duration.nanoseconds(Int64(random.below(Int(e.nanosecondCount))))
         electionDeadline = now + e + jitter
     }
 
@@ -479,7 +504,7 @@ public final class Raft {
         recomputeLeaseStart()
         recentlyActive = []
         quorumCheckDue = now + config.electionTimeout
-        heartbeatDue = now + config.heartbeatInterval
+        heartbeatDue = nextHeartbeat(after: now)
         progress = [:]
         for member in configuration.members {
             progress[member] = Progress(next: log.lastIndex + 1)
@@ -745,5 +770,13 @@ public enum RaftChangeError: Error, Sendable, Equatable, CustomStringConvertible
         case .noVoters: "a configuration needs at least one voter"
         case .unchanged: "the configuration is already that"
         }
+    }
+}
+
+extension Duration {
+    /// The duration in whole nanoseconds.
+    var nanosecondCount: Int64 {
+        let (s, a) = components
+        return s * 1_000_000_000 + a / 1_000_000_000
     }
 }

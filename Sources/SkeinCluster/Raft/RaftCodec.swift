@@ -42,8 +42,8 @@ public enum RaftCodec {
                 w.byte(2); w.byte(reject ? 1 : 0); w.varint(index); w.varint(hint); w.duration(sentAt)
             case .heartbeat(let commit, let sentAt):
                 w.byte(3); w.varint(commit); w.duration(sentAt)
-            case .heartbeatResponse(let sentAt):
-                w.byte(4); w.duration(sentAt)
+            case .heartbeatResponse(let commit, let sentAt):
+                w.byte(4); w.varint(commit); w.duration(sentAt)
             case .vote(let preVote, let lastIndex, let lastTerm, let transferTerm):
                 w.byte(5); w.byte(preVote ? 1 : 0); w.varint(lastIndex); w.varint(lastTerm)
                 if let t = transferTerm { w.byte(1); w.varint(t) } else { w.byte(0) }
@@ -101,7 +101,7 @@ public enum RaftCodec {
             case 3:
                 body = .heartbeat(commit: try r.varint("commit"), sentAt: try r.duration("sentAt"))
             case 4:
-                body = .heartbeatResponse(sentAt: try r.duration("sentAt"))
+                body = .heartbeatResponse(commit: try r.varint("commit"), sentAt: try r.duration("sentAt"))
             case 5:
                 let pre = try r.bool("preVote"), lastIndex = try r.varint("lastIndex"), lastTerm = try r.varint("lastTerm")
                 let transfer: UInt64? = try r.bool("has transferTerm") ? try r.varint("transferTerm") : nil

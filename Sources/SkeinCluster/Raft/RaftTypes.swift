@@ -81,7 +81,8 @@ public struct RaftMessage: Sendable, Equatable {
         /// follower's last index (where the leader should probe next).
         case appendResponse(reject: Bool, index: UInt64, hint: UInt64, sentAt: Duration)
         case heartbeat(commit: UInt64, sentAt: Duration)
-        case heartbeatResponse(sentAt: Duration)
+        /// `commit` is the follower's commit index: everything up to it matches the leader.
+        case heartbeatResponse(commit: UInt64, sentAt: Duration)
         /// `transferTerm` is set when the candidate campaigns because the leader of that
         /// term handed leadership over (the leader gave up its lease first).
         case vote(preVote: Bool, lastIndex: UInt64, lastTerm: UInt64, transferTerm: UInt64?)
@@ -121,7 +122,7 @@ public enum RaftRole: String, Sendable, Equatable {
 public struct RaftConfig: Sendable, Equatable {
     /// The minimum election timeout E; the actual one is drawn from [E, 2E).
     public var electionTimeout: Duration = .milliseconds(500)
-    public var heartbeatInterval: Duration = .milliseconds(50)
+    public var heartbeatInterval: Duration = .milliseconds(100)
     /// The bound on clock rate error, as a fraction (0.01 = 1%).
     public var maxDrift: Double = 0.01
     /// Held back from the lease on top of the drift correction.

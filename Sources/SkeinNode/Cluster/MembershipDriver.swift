@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Metrics
 import SkeinCluster
+import SkeinStore
 import Synchronization
 
 /// The shell around the pure ``Membership`` machine: it feeds it the clock every few
@@ -16,6 +17,10 @@ actor MembershipDriver {
     private let snapshot: Mutex<[Member]>
     private let transitions = Counter(label: "skein_membership_transitions_total")
     static let tickInterval: Duration = .milliseconds(10)
+    /// Told the peer address of every member that becomes dead or leaves.
+    private var onDown: (@Sendable (String) -> Void)?
+
+    func setOnDown(_ handler: @escaping @Sendable (String) -> Void) { onDown = handler }
 
     init(me: Member, seeds: [String], peers: PeerClients, logger: Logger, config: MembershipConfig = MembershipConfig()) {
         machine = Membership(me: me, seeds: seeds, config: config, seed: UInt64.random(in: .min ... .max), now: .zero)
@@ -86,6 +91,7 @@ actor MembershipDriver {
                 if from?.state != to.state || from?.id != to.id {
                     logger.info("member \(to.state)", metadata: [
                         "member": "\(to.id)", "was": "\(from.map { "\($0.state)" } ?? "unknown")", "incarnation": "\(to.incarnation)"])
+                    if to.state == .dead || to.state == .left { onDown?(to.peer) }
                 }
             case .log(let level, let text):
                 switch level {
@@ -137,6 +143,7 @@ final class ClusterHandle: Sendable {
     let logger: Logger
     private let driver = Mutex<MembershipDriver?>(nil)
     private let advertisedPeer = Mutex<String?>(nil)
+    private let replicationDriver = Mutex<Replication?>(nil)
 
     init(settings: NodeSettings, generation: UInt64, auth: PeerAuth, logger: Logger) {
         self.settings = settings
@@ -147,6 +154,33 @@ final class ClusterHandle: Sendable {
     }
 
     var membership: MembershipDriver? { driver.withLock { $0 } }
+    var replication: Replication? { replicationDriver.withLock { $0 } }
+
+    /// This node's id in every partition's Raft group: its peer address as the seed list
+    /// spells it (known once the peer port is bound).
+    var raftID: RaftNodeID? { advertisedPeer.withLock { $0 } }
+
+    /// The voters of every partition: the seed nodes, or this node alone without seeds.
+    func voters(me: RaftNodeID) -> [RaftNodeID] {
+        let seeds = settings.seeds.map(\.description)
+        return seeds.isEmpty ? [me] : seeds
+    }
+
+    /// Starts the partitions' Raft groups once the peer port (and so this node's id) is known.
+    func startReplication(store: PartitionStore) throws -> Replication {
+        guard let me = raftID else { throw PeerCallError(description: "the peer port is not bound yet") }
+        let voters = voters(me: me)
+        let created = try Replication(me: me, voters: voters, store: store, peers: peers, logger: logger)
+        replicationDriver.withLock { $0 = created }
+        logger.info(voters.contains(me) ? "replicating as a voter" : "replicating as a non-voter (not in --seeds): forwarding to leaders",
+                    metadata: ["partitions": "\(store.partitions)", "voters": "\(voters.joined(separator: ","))"])
+        return created
+    }
+
+    /// The member whose peer address is `peer`, if membership knows one.
+    func member(peer: String) -> Member? {
+        members.first { $0.peer == peer && $0.state != .dead && $0.state != .left } ?? members.first { $0.peer == peer }
+    }
 
     func start(peerPort: Int) -> MembershipDriver {
         let peer = "\(settings.peer.host):\(peerPort)"

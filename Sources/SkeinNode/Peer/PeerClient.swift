@@ -48,7 +48,7 @@ actor PeerConnection {
     }
 
     /// POSTs `body` to `path` on the peer and returns its answer.
-    func post(path: String, body: [UInt8]) async throws -> PeerAnswer {
+    func post(path: String, body: [UInt8], headers extra: [(String, String)] = []) async throws -> PeerAnswer {
         let multiplexer = try await connected()
         let signature = auth.sign(method: "POST", path: path, body: body)
         let authority = "\(host):\(port)"
@@ -67,6 +67,7 @@ actor PeerConnection {
             head.headers.add(name: "content-type", value: "application/x-skein-peer")
             head.headers.add(name: "content-length", value: String(body.count))
             head.headers.add(name: PeerAuth.header, value: signature)
+            for (name, value) in extra { head.headers.add(name: name, value: value) }
             try await outbound.write(.head(head))
             try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
             try await outbound.write(.end(nil))
@@ -77,8 +78,8 @@ actor PeerConnection {
                 case .head(let response):
                     status = Int(response.status.code)
                 case .body(var buffer):
-                    guard received.count + buffer.readableBytes <= PeerLimits.maxBody else {
-                        throw PeerCallError(description: "answer from \(authority) exceeds \(PeerLimits.maxBody) bytes")
+                    guard received.count + buffer.readableBytes <= PeerLimits.maxRaftBody else {
+                        throw PeerCallError(description: "answer from \(authority) exceeds \(PeerLimits.maxRaftBody) bytes")
                     }
                     received += buffer.readBytes(length: buffer.readableBytes) ?? []
                 case .end:
@@ -190,6 +191,8 @@ final class PeerClients: Sendable {
 enum PeerLimits {
     /// The largest peer request or answer body.
     static let maxBody = 1 << 20
+    /// Raft batches carry entries and snapshots: larger.
+    static let maxRaftBody = 64 << 20
 }
 
 /// Bytes moved on peer connections, both directions, both roles: the gossip traffic figure

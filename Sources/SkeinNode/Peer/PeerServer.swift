@@ -47,18 +47,23 @@ struct PeerResponder: HTTPResponder {
         let path = request.uri.path
         let body: [UInt8]
         do {
-            var buffer = try await request.body.collect(upTo: PeerLimits.maxBody)
+            var buffer = try await request.body.collect(upTo: path == Replication.raftPath ? PeerLimits.maxRaftBody : PeerLimits.maxBody)
             body = buffer.readBytes(length: buffer.readableBytes) ?? []
         } catch {
-            return Self.answer(.contentTooLarge, "peer request body exceeds \(PeerLimits.maxBody) bytes")
+            return Self.answer(.contentTooLarge, "peer request body exceeds \(path == Replication.raftPath ? PeerLimits.maxRaftBody : PeerLimits.maxBody) bytes")
         }
         if let why = auth.verify(header: request.headers[HTTPField.Name(PeerAuth.header)!], method: request.method.rawValue,
                                  path: path, body: body) {
             logger.warning("refused a peer request", metadata: ["why": "\(why)", "path": "\(path)"])
             return Self.answer(.unauthorized, "peer requests must prove the cluster secret")
         }
-        guard path == Self.membershipPath else { return Self.answer(.notFound, "no peer route \(path)") }
         guard request.method == .post else { return Self.answer(.methodNotAllowed, "\(path) answers POST") }
+        switch path {
+        case Self.membershipPath: break
+        case Replication.raftPath: return await raft(body)
+        case KeyValueForwarding.path: return await KeyValueForwarding.serve(body, headers: request.headers, cluster: cluster)
+        default: return Self.answer(.notFound, "no peer route \(path)")
+        }
         let envelopes: [Envelope]
         do {
             envelopes = try MembershipCodec.decode(body)
@@ -71,6 +76,24 @@ struct PeerResponder: HTTPResponder {
         var headers = HTTPFields()
         headers[.contentType] = "application/x-skein-peer"
         return Hummingbird.Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: MembershipCodec.encode(replies))))
+    }
+
+    /// `POST /v1/peer/raft`: a batch of Raft messages for this node's partitions.
+    func raft(_ body: [UInt8]) async -> Hummingbird.Response {
+        let batch: RaftBatch
+        do {
+            batch = try RaftCodec.decode(body)
+        } catch {
+            logger.warning("rejected raft messages", metadata: ["why": "\(error)"])
+            return Self.answer(.badRequest, error.description)
+        }
+        guard let replication = cluster.replication else { return Self.answer(.serviceUnavailable, "replication is starting") }
+        guard batch.partitionCount == replication.partitionCount else {
+            logger.error("a peer has a different partition count", metadata: ["peer": "\(batch.from)", "theirs": "\(batch.partitionCount)", "ours": "\(replication.partitionCount)"])
+            return Self.answer(.conflict, "this node has \(replication.partitionCount) partitions, the sender \(batch.partitionCount)")
+        }
+        await replication.receive(batch)
+        return Hummingbird.Response(status: .noContent)
     }
 
     static func answer(_ status: HTTPResponse.Status, _ message: String) -> Hummingbird.Response {

@@ -17,6 +17,7 @@ struct NodeResponder: HTTPResponder {
     let router: SkeinPipeline.Router
     let runner: PipelineRunner
     let system: SystemRoutes
+    let keyValue: KeyValueRoutes
     let traces: TraceStore
     let settings: NodeSettings
     let tracer: any Tracer
@@ -34,7 +35,11 @@ struct NodeResponder: HTTPResponder {
         let query = request.uri.query
         var response: SkeinPipeline.Response
 
-        if let answer = system.answer(method: request.method, path: path, query: query) {
+        if path.hasPrefix(KeyValueRoutes.prefix) {
+            response = await keyValue.answer(
+                method: request.method, rawKey: path.dropFirst(KeyValueRoutes.prefix.count),
+                body: { try await collectBody(request) }, traceparent: request.headers[.traceparent])
+        } else if let answer = system.answer(method: request.method, path: path, query: query) {
             response = answer
         } else {
             switch router.match(method: request.method.rawValue, path: path) {

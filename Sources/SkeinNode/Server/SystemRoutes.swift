@@ -44,7 +44,8 @@ struct SystemRoutes: Sendable {
 }
 
 /// `GET /v1/cluster` as CONTRACT.md fixes it, plus each member's `generation` and this
-/// node's peer traffic (`gossip`). Partitions come with the replicated log (issue 4).
+/// node's peer traffic (`gossip`). A partition's leader and replicas are member names (peer
+/// addresses for nodes membership has not met).
 struct ClusterView: Codable, Sendable {
     struct Member: Codable, Sendable {
         let name: String
@@ -80,7 +81,10 @@ struct ClusterView: Codable, Sendable {
             Member(name: $0.name, peer: $0.peer, client: $0.client, state: $0.state.description,
                    incarnation: $0.incarnation, generation: $0.id.generation)
         }
-        partitions = []
+        partitions = cluster.replication?.status.map { p in
+            Partition(id: p.id, leader: p.leader.map { cluster.member(peer: $0)?.name ?? $0 }, epoch: Int(p.epoch),
+                      replicas: p.voters.map { cluster.member(peer: $0)?.name ?? $0 })
+        } ?? []
         gossip = Traffic(bytesIn: cluster.traffic.bytesIn.load(ordering: .relaxed), bytesOut: cluster.traffic.bytesOut.load(ordering: .relaxed))
     }
 }

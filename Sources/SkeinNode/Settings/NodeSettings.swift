@@ -18,6 +18,7 @@ public struct NodeSettings: Sendable, Equatable {
     public var traceBuffer: Int = 1024
     public var logLevel: Logger.Level = .info
     public var computeThreads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    public var partitions: Int = 16
 
     public init() {}
 
@@ -34,6 +35,7 @@ public struct NodeSettings: Sendable, Equatable {
         ("traceBuffer", "N", "timelines of recent requests kept for GET /v1/traces/{id} (default 1024)"),
         ("logLevel", "LEVEL", "trace, debug, info, notice, warning, error or critical (default info)"),
         ("computeThreads", "N", "threads running compute effects (default: the number of cores)"),
+        ("partitions", "N", "partitions of the replicated log, fixed when the cluster is created (default 16)"),
     ]
 
     /// `maxBodySize` → `max-body-size`.
@@ -114,6 +116,10 @@ public struct NodeSettings: Sendable, Equatable {
         if let v = try number("slowRequestMs") { settings.slowRequestMs = v }
         if let v = try integer("traceBuffer", min: 1) { settings.traceBuffer = v }
         if let v = try integer("computeThreads", min: 1) { settings.computeThreads = v }
+        if let v = try integer("partitions", min: 1) {
+            guard v <= 4096 else { throw SettingsError(setting: "partitions", message: "\(describe("partitions")) is at most 4096, not \(v)") }
+            settings.partitions = v
+        }
         if let v = string("logLevel") {
             guard let level = Logger.Level(rawValue: v.lowercased()) else {
                 throw SettingsError(setting: "logLevel", message: "\(describe("logLevel")) must be one of trace, debug, info, notice, warning, error, critical, not '\(v)'")

@@ -1,0 +1,248 @@
+import Foundation
+import HTTPTypes
+import SkeinCluster
+import SkeinPipeline
+import SkeinStore
+
+/// The replicated key-value store as clients and pipeline effects see it: any node takes any
+/// request. A key belongs to the partition of its hash (or its `{tag}`); the partition's
+/// leader answers it — reads from its table while it holds the lease (linearizable), writes
+/// once committed on a majority and applied. Any other node forwards the request in one hop
+/// over the peer port, with the trace context; with no leader known the answer is a 503 the
+/// caller may retry (`Retry-After`).
+struct ReplicatedKeyValueStore: KeyValueStore {
+    let cluster: ClusterHandle
+    let limits: KeyValueLimits
+    /// The caller's W3C `traceparent`, carried along when the request is forwarded.
+    var traceparent: String?
+
+    func get(_ key: String) async throws -> Data? {
+        try limits.check(key: key)
+        guard case .value(let v) = try await perform(.get(key: key)) else { throw Self.protocolError }
+        return v.map { Data($0) }
+    }
+
+    func put(_ key: String, _ value: Data) async throws {
+        try limits.check(key: key)
+        try limits.check(value: value, key: key)
+        _ = try await perform(.put(key: key, value: Array(value)))
+    }
+
+    func delete(_ key: String) async throws -> Bool {
+        try limits.check(key: key)
+        guard case .done(let existed) = try await perform(.delete(key: key)) else { throw Self.protocolError }
+        return existed
+    }
+
+    /// Scans every partition (each through its leader) and merges the keys in order.
+    func scan(prefix: String, limit: Int) async throws -> [KVEntry] {
+        guard let replication = cluster.replication else { throw Self.starting }
+        let count = replication.partitionCount
+        let all = try await withThrowingTaskGroup(of: [(String, [UInt8])].self) { group in
+            for p in 0..<count {
+                group.addTask {
+                    guard case .entries(let e) = try await perform(.scan(partition: p, prefix: prefix, limit: limit)) else { throw Self.protocolError }
+                    return e
+                }
+            }
+            var merged: [(String, [UInt8])] = []
+            for try await part in group { merged += part }
+            return merged
+        }
+        return all.sorted { $0.0 < $1.0 }.prefix(max(0, limit)).map { KVEntry(key: $0.0, value: Data($0.1)) }
+    }
+
+    static let starting = SkeinError(code: 503, what: "starting", message: "the node is still starting replication; retry")
+    static let protocolError = SkeinError(code: 502, what: "bad_peer_answer", message: "a peer answered a key-value request with the wrong kind of result")
+
+    /// How long a request waits for replication to start or a partition to have a leader
+    /// (an election after a leader died) before it is answered 503.
+    static let leaderWait: Duration = .seconds(2)
+    static let retryable: Set<String> = ["no_leader", "starting", "leader_unreachable"]
+
+    /// Runs `op` here if this node leads its partition, else forwards it once to the leader;
+    /// while replication is starting or the partition has no leader, waits up to
+    /// ``leaderWait`` for one.
+    func perform(_ op: KVOperation) async throws -> KVResult {
+        let deadline = ContinuousClock.now + Self.leaderWait
+        while true {
+            do {
+                return try await attempt(op)
+            } catch let error as SkeinError where Self.retryable.contains(error.what) && ContinuousClock.now < deadline {
+                // Puts and deletes are idempotent: trying again after an unreachable leader is safe.
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+    }
+
+    private func attempt(_ op: KVOperation) async throws -> KVResult {
+        guard let replication = cluster.replication else { throw Self.starting }
+        let partition = op.partition(count: replication.partitionCount)
+        do {
+            return try await Self.local(op, partition: partition, replication: replication, store: replication.store)
+        } catch ReplicationError.notLeader(_, let leader?) where leader != replication.me {
+            return try await KeyValueForwarding.forward(op, to: leader, cluster: cluster, traceparent: traceparent)
+        } catch let error as ReplicationError {
+            throw Self.skeinError(error, key: op.key)
+        }
+    }
+
+    /// Runs `op` on this node only: it must lead the partition (and hold the lease to read).
+    static func local(_ op: KVOperation, partition: Int, replication: Replication, store: PartitionStore) async throws -> KVResult {
+        switch op {
+        case .get(let key):
+            _ = try await replication.readPermission(partition: partition)
+            return .value(try await store.value(for: key))
+        case .scan(_, let prefix, let limit):
+            _ = try await replication.readPermission(partition: partition)
+            return .entries(try await store.scan(partition: partition, prefix: prefix, limit: limit))
+        case .put(let key, let value):
+            _ = try await replication.propose(.put(key: key, value: value), partition: partition)
+            return .done(existed: true)
+        case .delete(let key):
+            let applied = try await replication.propose(.delete(key: key), partition: partition)
+            return .done(existed: applied.existed)
+        }
+    }
+
+    static func skeinError(_ error: ReplicationError, key: String) -> SkeinError {
+        switch error {
+        case .notLeader(let p, _):
+            SkeinError(code: 503, what: "no_leader", key: key, message: "partition \(p) has no leader right now; retry shortly")
+        case .lost(let p):
+            SkeinError(code: 503, what: "not_committed", key: key, message: "partition \(p) changed leader before the write committed; it did not happen, retry")
+        case .timedOut(let p):
+            SkeinError(code: 503, what: "outcome_unknown", key: key, message: "partition \(p) did not commit in time; the write may or may not have happened")
+        case .storageFailed(let why):
+            SkeinError(code: 503, what: "storage_failed", key: key, message: "this node's storage failed (\(why)); use another node")
+        }
+    }
+}
+
+/// A key-value request as it crosses the peer port.
+enum KVOperation: Sendable {
+    case get(key: String)
+    case put(key: String, value: [UInt8])
+    case delete(key: String)
+    case scan(partition: Int, prefix: String, limit: Int)
+
+    var key: String {
+        switch self {
+        case .get(let k), .put(let k, _), .delete(let k): k
+        case .scan(_, let prefix, _): prefix
+        }
+    }
+
+    func partition(count: Int) -> Int {
+        if case .scan(let p, _, _) = self { return p }
+        return Partitioning.partition(of: key, count: count)
+    }
+
+    func encode() -> [UInt8] {
+        var w = WireWriter()
+        switch self {
+        case .get(let key): w.byte(1); w.string(key, max: 1 << 16)
+        case .put(let key, let value): w.byte(2); w.string(key, max: 1 << 16); w.blob(value)
+        case .delete(let key): w.byte(3); w.string(key, max: 1 << 16)
+        case .scan(let p, let prefix, let limit): w.byte(4); w.varint(UInt64(p)); w.string(prefix, max: 1 << 16); w.varint(UInt64(max(0, limit)))
+        }
+        return w.bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) throws(WireError) -> KVOperation {
+        var r = WireReader(bytes: bytes)
+        let op: KVOperation
+        switch try r.byte("op") {
+        case 1: op = .get(key: try r.string("key", max: 1 << 16))
+        case 2: op = .put(key: try r.string("key", max: 1 << 16), value: try r.blob("value", max: RaftCodec.maxPayload))
+        case 3: op = .delete(key: try r.string("key", max: 1 << 16))
+        case 4: op = .scan(partition: try r.count("partition", max: 4095), prefix: try r.string("prefix", max: 1 << 16), limit: try r.count("limit", max: 1 << 20))
+        case let other: throw WireError("unknown key-value op \(other)")
+        }
+        guard r.atEnd else { throw WireError("trailing bytes") }
+        return op
+    }
+}
+
+enum KVResult: Sendable {
+    case value([UInt8]?)
+    case done(existed: Bool)
+    case entries([(String, [UInt8])])
+}
+
+/// `POST /v1/peer/kv`: a key-value request forwarded by another node to this partition
+/// leader. Served here only (never forwarded again). The answer is `0 · result` or
+/// `1 · code · what · message`.
+enum KeyValueForwarding {
+    static let path = "/v1/peer/kv"
+
+    static func forward(_ op: KVOperation, to leader: RaftNodeID, cluster: ClusterHandle, traceparent: String?) async throws -> KVResult {
+        let answer: PeerAnswer
+        do {
+            answer = try await cluster.peers.connection(to: leader).post(path: path, body: op.encode(), headers: traceparent.map { [("traceparent", $0)] } ?? [])
+        } catch {
+            throw SkeinError(code: 503, what: "leader_unreachable", key: op.key, message: "the leader of this key's partition (\(leader)) did not answer: \(error); retry")
+        }
+        guard answer.status == 200 else {
+            throw SkeinError(code: 502, what: "bad_peer_answer", key: op.key, message: "the partition leader \(leader) answered \(answer.status)")
+        }
+        var r = WireReader(bytes: answer.body)
+        do {
+            if try r.byte("status") == 1 {
+                let code = Int(try r.varint("code"))
+                throw SkeinError(code: code, what: try r.string("what"), key: op.key, message: try r.string("message", max: 1 << 16))
+            }
+            switch try r.byte("kind") {
+            case 1: return .value(try r.bool("present") ? try r.blob("value", max: RaftCodec.maxPayload) : nil)
+            case 2: return .done(existed: try r.bool("existed"))
+            case 3:
+                let n = try r.count("entries", max: 1 << 20)
+                var entries: [(String, [UInt8])] = []
+                for _ in 0..<n { entries.append((try r.string("key", max: 1 << 16), try r.blob("value", max: RaftCodec.maxPayload))) }
+                return .entries(entries)
+            case let other: throw WireError("unknown result kind \(other)")
+            }
+        } catch let error as WireError {
+            throw SkeinError(code: 502, what: "bad_peer_answer", key: op.key, message: "malformed answer from \(leader): \(error)")
+        }
+    }
+
+    static func serve(_ body: [UInt8], headers: HTTPFields, cluster: ClusterHandle) async -> Hummingbird.Response {
+        let op: KVOperation
+        do {
+            op = try KVOperation.decode(body)
+        } catch {
+            return PeerResponder.answer(.badRequest, "malformed key-value request: \(error)")
+        }
+        var w = WireWriter()
+        do {
+            guard let replication = cluster.replication else { throw ReplicatedKeyValueStore.starting }
+            let result: KVResult
+            do {
+                result = try await ReplicatedKeyValueStore.local(op, partition: op.partition(count: replication.partitionCount),
+                                                                 replication: replication, store: replication.store)
+            } catch let error as ReplicationError {
+                throw ReplicatedKeyValueStore.skeinError(error, key: op.key)
+            }
+            w.byte(0)
+            switch result {
+            case .value(let v):
+                w.byte(1)
+                if let v { w.byte(1); w.blob(v) } else { w.byte(0) }
+            case .done(let existed):
+                w.byte(2); w.byte(existed ? 1 : 0)
+            case .entries(let entries):
+                w.byte(3); w.varint(UInt64(entries.count))
+                for (k, v) in entries { w.string(k, max: 1 << 16); w.blob(v) }
+            }
+        } catch {
+            let e = error as? SkeinError ?? SkeinError(code: 500, what: "internal", message: "\(error)")
+            w = WireWriter()
+            w.byte(1); w.varint(UInt64(e.code)); w.string(e.what); w.string(e.message, max: 1 << 16)
+        }
+        return Hummingbird.Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: w.bytes)))
+    }
+}
+
+import Hummingbird
+import NIOCore

@@ -1,0 +1,310 @@
+import Foundation
+import Logging
+import SkeinCluster
+import SkeinStore
+import Synchronization
+
+/// Why a replicated operation did not happen here.
+enum ReplicationError: Error, CustomStringConvertible {
+    /// This node does not lead the partition; `leader` is who does, if anyone is known.
+    case notLeader(partition: Int, leader: RaftNodeID?)
+    /// The entry was replaced by another leader's: it will never apply.
+    case lost(partition: Int)
+    /// No answer within the wait: the write may or may not have happened.
+    case timedOut(partition: Int)
+    /// The node's storage failed; it no longer takes part.
+    case storageFailed(String)
+
+    var description: String {
+        switch self {
+        case .notLeader(let p, let l): "this node does not lead partition \(p)" + (l.map { " (\($0) does)" } ?? " and no leader is known")
+        case .lost(let p): "partition \(p) changed leader before the write committed; it did not happen"
+        case .timedOut(let p): "partition \(p) did not commit the write in time; it may or may not have happened"
+        case .storageFailed(let why): "this node's storage failed: \(why)"
+        }
+    }
+}
+
+/// One partition's public state, for `/v1/cluster` and routing.
+struct PartitionStatus: Sendable {
+    var id: Int
+    var leader: RaftNodeID?
+    var epoch: UInt64
+    var voters: [RaftNodeID]
+}
+
+/// The imperative shell around the node's Raft groups, one per partition: it feeds them ticks
+/// (every 10 ms, on a monotonic clock) and peer messages, writes what they ask to persist in
+/// one SQLite transaction per round (the group commit: everything that arrived while the
+/// previous fsync ran goes into the next), then sends their messages — batched per peer, one
+/// request in flight per peer so appends stay in order — and applies committed entries.
+/// Writers wait until their entry is applied with the term it was proposed in.
+actor Replication {
+    static let raftPath = "/v1/peer/raft"
+
+    let me: RaftNodeID
+    let store: PartitionStore
+    let peers: PeerClients
+    let logger: Logger
+    let groups: [Raft]
+    let partitionCount: Int
+    let waitLimit: Duration
+    private let clock = ContinuousClock()
+    private let origin: ContinuousClock.Instant
+    private var writing = false
+    private var failed: String?
+    private var waiters: [WaiterKey: Waiter] = [:]
+    private var outbox: [RaftNodeID: [RaftMessage]] = [:]
+    private var sending: Set<RaftNodeID> = []
+    private let published: Mutex<[PartitionStatus]>
+    private var lastRoles: [RaftRole]
+    private var lastLeaders: [RaftNodeID?]
+    private var lastTerms: [UInt64]
+
+    struct WaiterKey: Hashable { var partition: Int; var index: UInt64 }
+    struct Waiter {
+        var term: UInt64
+        var deadline: ContinuousClock.Instant
+        var continuation: CheckedContinuation<AppliedEntry, any Error>
+    }
+
+    init(me: RaftNodeID, voters: [RaftNodeID], store: PartitionStore, peers: PeerClients, logger: Logger,
+         waitLimit: Duration = .seconds(5), seed: UInt64 = UInt64.random(in: .min ... .max)) throws {
+        self.me = me
+        self.store = store
+        self.peers = peers
+        self.logger = logger
+        self.partitionCount = store.partitions
+        self.waitLimit = waitLimit
+        origin = clock.now
+        let configuration = RaftConfiguration(voters: voters)
+        var groups: [Raft] = []
+        var seeds = DeterministicRandom(seed: seed)
+        for p in 0..<store.partitions {
+            let stored = try store.load(partition: p, configuration: configuration)
+            groups.append(Raft(id: me, partition: p, stored: stored, seed: seeds.next(), now: .zero))
+        }
+        self.groups = groups
+        lastRoles = groups.map(\.role)
+        lastLeaders = groups.map(\.leader)
+        lastTerms = groups.map(\.term)
+        published = Mutex(groups.map { PartitionStatus(id: $0.partition, leader: $0.leader, epoch: $0.term, voters: $0.configuration.voters) })
+    }
+
+    private var now: Duration { clock.now - origin }
+
+    /// Ticks until cancelled.
+    func run() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(10))
+            let t = now
+            for g in groups { g.tick(now: t) }
+            expireWaiters()
+            pump()
+        }
+        for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.timedOut(partition: 0)) }
+        waiters = [:]
+    }
+
+    /// Every partition's leader and epoch, as last published.
+    nonisolated var status: [PartitionStatus] { published.withLock { $0 } }
+
+    func receive(_ batch: RaftBatch) {
+        let t = now
+        for m in batch.messages where m.to == me {
+            groups[m.partition].step(m, now: t)
+        }
+        pump()
+    }
+
+    /// Membership declared `peer` dead: its partitions elect as soon as the vote promises end.
+    func peerIsDown(_ peer: RaftNodeID) {
+        let t = now
+        for g in groups { g.peerIsDown(peer, now: t) }
+        pump()
+    }
+
+    /// Proposes a command to `partition` and waits until it is applied here. Throws
+    /// ``ReplicationError/notLeader(partition:leader:)`` when another node leads.
+    func propose(_ command: KVCommand, partition: Int) async throws -> AppliedEntry {
+        if let failed { throw ReplicationError.storageFailed(failed) }
+        let g = groups[partition]
+        guard let (index, term) = g.propose(command.encode(), now: now) else {
+            throw ReplicationError.notLeader(partition: partition, leader: g.role == .leader ? nil : g.leader)
+        }
+        let deadline = clock.now + waitLimit
+        return try await withCheckedThrowingContinuation { continuation in
+            waiters[WaiterKey(partition: partition, index: index)] = Waiter(term: term, deadline: deadline, continuation: continuation)
+            pump()
+        }
+    }
+
+    /// Whether this node may answer a read of `partition` from its own table now (it leads
+    /// and holds the lease); otherwise who to ask.
+    func readPermission(partition: Int) throws -> RaftNodeID? {
+        if let failed { throw ReplicationError.storageFailed(failed) }
+        let g = groups[partition]
+        if g.canServeReads(now: now) { return nil }
+        throw ReplicationError.notLeader(partition: partition, leader: g.role == .leader ? nil : g.leader)
+    }
+
+    private func expireWaiters() {
+        let t = clock.now
+        for (key, w) in waiters where w.deadline <= t {
+            waiters[key] = nil
+            w.continuation.resume(throwing: ReplicationError.timedOut(partition: key.partition))
+        }
+    }
+
+    /// Starts the next group commit if none is under way and any partition has work.
+    private func pump() {
+        guard failed == nil else { return }
+        publish()
+        var readies: [(Int, RaftReady)] = []
+        var immediate: [RaftMessage] = []
+        let t = now
+        for g in groups where g.hasReady {
+            if !g.readyNeedsStorage {
+                // Only messages (heartbeats and their answers, mostly): no disk round trip.
+                immediate += g.ready().messages
+                g.advance(now: t)
+            } else if !writing {
+                readies.append((g.partition, g.ready()))
+            }
+        }
+        if !immediate.isEmpty {
+            for m in immediate { outbox[m.to, default: []].append(m) }
+            startSending()
+        }
+        guard !readies.isEmpty else { return }
+        writing = true
+        let writes = readies.map { PartitionWrite(partition: $0.0, ready: $0.1) }
+        let store = self.store
+        Task {
+            do {
+                let result = try await store.commit(writes)
+                self.committed(readies, snapshots: result.snapshots, applied: result.applied)
+            } catch {
+                self.storageFailed(error)
+            }
+        }
+    }
+
+    private func committed(_ readies: [(Int, RaftReady)], snapshots: [Int: [UInt8]], applied: [AppliedEntry]) {
+        writing = false
+        for (p, r) in readies {
+            for var m in r.messages {
+                if case .snapshot(let meta, _, let sentAt) = m.body {
+                    m.body = .snapshot(meta: meta, data: snapshots[p] ?? [], sentAt: sentAt)
+                }
+                outbox[m.to, default: []].append(m)
+            }
+        }
+        for a in applied {
+            guard let w = waiters.removeValue(forKey: WaiterKey(partition: a.partition, index: a.index)) else { continue }
+            if w.term == a.term {
+                w.continuation.resume(returning: a)
+            } else {
+                w.continuation.resume(throwing: ReplicationError.lost(partition: a.partition))
+            }
+        }
+        let t = now
+        for (p, _) in readies {
+            groups[p].advance(now: t)
+            compactIfLong(p)
+        }
+        startSending()
+        pump()
+    }
+
+    private func startSending() {
+        for to in outbox.keys where !sending.contains(to) {
+            sending.insert(to)
+            Task { await self.drain(to) }
+        }
+    }
+
+    /// Keeps each partition's log bounded: past 20,000 entries, forget all but the last
+    /// 1,000 applied (the table stands in for them; a follower that needs them gets a snapshot).
+    private func compactIfLong(_ p: Int) {
+        let g = groups[p]
+        guard g.applied > g.snapshotMeta.index + 20_000, let meta = g.compact(to: g.applied - 1_000) else { return }
+        let store = self.store
+        let logger = self.logger
+        Task {
+            do { try await store.compact(partition: p, to: meta) } catch {
+                logger.error("log compaction failed", metadata: ["partition": "\(p)", "error": "\(error)"])
+            }
+        }
+    }
+
+    private func storageFailed(_ error: any Error) {
+        writing = false
+        let why = "\(error)"
+        failed = why
+        logger.critical("the partition log could not be written; this node stops taking part in replication", metadata: ["error": "\(why)"])
+        for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.storageFailed(why)) }
+        waiters = [:]
+    }
+
+    /// Sends everything queued for `to`, one request at a time, until the queue is empty.
+    private func drain(_ to: RaftNodeID) async {
+        defer { sending.remove(to) }
+        while let pending = outbox.removeValue(forKey: to), !pending.isEmpty {
+            var batches: [[RaftMessage]] = [[]]
+            var bytes = 0
+            for m in pending {
+                let size = m.approximateSize
+                if bytes + size > 8 << 20, !batches[batches.count - 1].isEmpty {
+                    batches.append([])
+                    bytes = 0
+                }
+                batches[batches.count - 1].append(m)
+                bytes += size
+            }
+            for messages in batches {
+                let body = RaftCodec.encode(RaftBatch(partitionCount: partitionCount, from: me, messages: messages))
+                do {
+                    let answer = try await peers.connection(to: to).post(path: Self.raftPath, body: body)
+                    if answer.status != 204 {
+                        logger.warning("peer refused raft messages", metadata: [
+                            "peer": "\(to)", "status": "\(answer.status)", "answer": "\(String(decoding: answer.body.prefix(200), as: UTF8.self))"])
+                    }
+                } catch {
+                    // Raft resends what matters; the connection logs its own failures.
+                    logger.trace("raft messages not delivered", metadata: ["peer": "\(to)", "why": "\(error)"])
+                }
+            }
+        }
+    }
+
+    private func publish() {
+        var changed = groups.enumerated().contains { i, g in g.leader != lastLeaders[i] || g.term != lastTerms[i] }
+        for (i, g) in groups.enumerated() {
+            lastLeaders[i] = g.leader
+            lastTerms[i] = g.term
+        }
+        for (i, g) in groups.enumerated() where g.role != lastRoles[i] {
+            if g.role == .leader || lastRoles[i] == .leader {
+                logger.info(g.role == .leader ? "leads partition" : "no longer leads partition",
+                            metadata: ["partition": "\(i)", "epoch": "\(g.term)"])
+            }
+            lastRoles[i] = g.role
+            changed = true
+        }
+        guard changed else { return }
+        let current = groups.map { PartitionStatus(id: $0.partition, leader: $0.leader, epoch: $0.term, voters: $0.configuration.voters) }
+        published.withLock { $0 = current }
+    }
+}
+
+extension RaftMessage {
+    /// Roughly what the message costs on the wire, for batching.
+    var approximateSize: Int {
+        switch body {
+        case .append(_, _, let entries, _, _): 64 + entries.reduce(0) { $0 + $1.size }
+        case .snapshot(_, let data, _): 128 + data.count
+        default: 64
+        }
+    }
+}

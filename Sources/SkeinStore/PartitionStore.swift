@@ -1,0 +1,275 @@
+public import Foundation
+import GRDB
+public import SkeinCluster
+
+/// A command of the replicated key-value store: the bytes of a log entry.
+public enum KVCommand: Sendable, Equatable {
+    case put(key: String, value: [UInt8])
+    case delete(key: String)
+
+    public var key: String {
+        switch self {
+        case .put(let key, _), .delete(let key): key
+        }
+    }
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter()
+        switch self {
+        case .put(let key, let value):
+            w.byte(1); w.string(key, max: 1 << 16); w.blob(value)
+        case .delete(let key):
+            w.byte(2); w.string(key, max: 1 << 16)
+        }
+        return w.bytes
+    }
+
+    public static func decode(_ bytes: [UInt8]) -> KVCommand? {
+        var r = WireReader(bytes: bytes)
+        do {
+            let command: KVCommand
+            switch try r.byte("op") {
+            case 1: command = .put(key: try r.string("key", max: 1 << 16), value: try r.blob("value", max: RaftCodec.maxPayload))
+            case 2: command = .delete(key: try r.string("key", max: 1 << 16))
+            default: return nil
+            }
+            return r.atEnd ? command : nil
+        } catch {
+            return nil
+        }
+    }
+}
+
+/// What applying one committed entry did: for a delete, whether the key existed.
+public struct AppliedEntry: Sendable {
+    public var partition: Int
+    public var index: UInt64
+    public var term: UInt64
+    public var existed: Bool
+}
+
+/// One partition's share of a group commit: what its ``RaftReady`` asks to persist and apply.
+public struct PartitionWrite: Sendable {
+    public var partition: Int
+    public var hardState: RaftHardState?
+    public var snapshot: (meta: RaftSnapshotMeta, data: [UInt8])?
+    public var entries: [RaftEntry]
+    public var committed: [RaftEntry]
+    /// Whether an outgoing snapshot needs the state machine's bytes as of before `committed`.
+    public var wantsSnapshotData: Bool
+
+    public init(partition: Int, ready: RaftReady) {
+        self.partition = partition
+        hardState = ready.hardState
+        snapshot = ready.snapshot
+        entries = ready.entries
+        committed = ready.committed
+        wantsSnapshotData = ready.messages.contains { if case .snapshot = $0.body { true } else { false } }
+    }
+}
+
+/// The replicated log's storage, in the node's one SQLite database: per partition the Raft
+/// log, its durable state (term, vote, commit), its snapshot point, and the key-value table
+/// materialized by applying committed entries.
+///
+/// Every ``commit(_:)`` is one transaction — one fsync (`synchronous=FULL`) — for all the
+/// partitions' writes gathered meanwhile: that is the group commit. An entry is applied in
+/// the same transaction as its apply index, and only if it is the next index and its epoch
+/// (term) is not older than the last applied one; otherwise the transaction fails and nothing
+/// is written.
+public final class PartitionStore: Sendable {
+    public let database: NodeDatabase
+    public let partitions: Int
+
+    /// Opens the tables and checks the partition count against the one stored at creation.
+    public init(database: NodeDatabase, partitions: Int) throws(StoreError) {
+        self.database = database
+        self.partitions = partitions
+        do {
+            try database.pool.write { db in
+                if let stored = try Int.fetchOne(db, sql: "SELECT value FROM raft_meta WHERE key = 'partitions'") {
+                    guard stored == partitions else {
+                        throw StoreError.partitionMismatch(stored: stored, asked: partitions, path: database.path)
+                    }
+                } else {
+                    try db.execute(sql: "INSERT INTO raft_meta (key, value) VALUES ('partitions', ?)", arguments: [partitions])
+                }
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError.unusableDirectory(database.path, "cannot read the partition log (\(NodeDatabase.reason(error)))")
+        }
+    }
+
+    /// What a partition's Raft group restarts from. A partition never written starts empty
+    /// with `configuration`.
+    public func load(partition: Int, configuration: RaftConfiguration) throws -> RaftStoredState {
+        try database.pool.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM raft_state WHERE partition = ?", arguments: [partition]) else {
+                return .fresh(configuration)
+            }
+            let hard = RaftHardState(term: UInt64(row["term"] as Int64), vote: row["vote"], commit: UInt64(row["commit_index"] as Int64))
+            let snapshotConfiguration = (row["snapshot_config"] as Data?).flatMap { RaftConfigurationCodec.decode(Array($0)) } ?? configuration
+            let snapshot = RaftSnapshotMeta(index: UInt64(row["snapshot_index"] as Int64), term: UInt64(row["snapshot_term"] as Int64),
+                                            configuration: snapshotConfiguration)
+            let entries = try Row.fetchAll(db, sql: "SELECT idx, term, kind, data FROM raft_log WHERE partition = ? AND idx > ? ORDER BY idx",
+                                           arguments: [partition, Int64(snapshot.index)]).map { r in
+                RaftEntry(index: UInt64(r["idx"] as Int64), term: UInt64(r["term"] as Int64),
+                          kind: RaftEntry.Kind(rawValue: UInt8(r["kind"] as Int64)) ?? .noop, data: Array(r["data"] as Data))
+            }
+            return RaftStoredState(hardState: hard, snapshot: snapshot, entries: entries, applied: UInt64(row["applied_index"] as Int64))
+        }
+    }
+
+    /// Persists and applies one group commit. Returns the snapshot bytes asked for (taken
+    /// before that partition's entries were applied) and what each applied entry did.
+    public func commit(_ writes: [PartitionWrite]) async throws -> (snapshots: [Int: [UInt8]], applied: [AppliedEntry]) {
+        try await database.pool.write { db in
+            var snapshots: [Int: [UInt8]] = [:]
+            var applied: [AppliedEntry] = []
+            for w in writes {
+                try Self.ensureState(db, w.partition)
+                if let h = w.hardState {
+                    try db.execute(sql: "UPDATE raft_state SET term = ?, vote = ?, commit_index = ? WHERE partition = ?",
+                                   arguments: [Int64(h.term), h.vote, Int64(h.commit), w.partition])
+                }
+                if let s = w.snapshot {
+                    try Self.install(db, partition: w.partition, meta: s.meta, data: s.data)
+                }
+                if let first = w.entries.first?.index {
+                    try db.execute(sql: "DELETE FROM raft_log WHERE partition = ? AND idx >= ?", arguments: [w.partition, Int64(first)])
+                    let insert = try db.cachedStatement(sql: "INSERT INTO raft_log (partition, idx, term, kind, data) VALUES (?, ?, ?, ?, ?)")
+                    for e in w.entries {
+                        try insert.execute(arguments: [w.partition, Int64(e.index), Int64(e.term), Int64(e.kind.rawValue), Data(e.data)])
+                    }
+                }
+                if w.wantsSnapshotData {
+                    snapshots[w.partition] = try Self.stateBytes(db, partition: w.partition)
+                }
+                if !w.committed.isEmpty {
+                    applied += try Self.apply(db, partition: w.partition, entries: w.committed)
+                }
+            }
+            return (snapshots, applied)
+        }
+    }
+
+    /// Forgets log entries up to `meta.index`: the materialized table stands in for them.
+    public func compact(partition: Int, to meta: RaftSnapshotMeta) async throws {
+        try await database.pool.write { db in
+            try Self.ensureState(db, partition)
+            try db.execute(sql: "UPDATE raft_state SET snapshot_index = ?, snapshot_term = ?, snapshot_config = ? WHERE partition = ?",
+                           arguments: [Int64(meta.index), Int64(meta.term), Data(RaftConfigurationCodec.encode(meta.configuration)), partition])
+            try db.execute(sql: "DELETE FROM raft_log WHERE partition = ? AND idx <= ?", arguments: [partition, Int64(meta.index)])
+        }
+    }
+
+    /// A key's value in the materialized table (what this node has applied).
+    public func value(for key: String) async throws -> [UInt8]? {
+        try await database.pool.read { db in
+            try Data.fetchOne(db, sql: "SELECT value FROM rkv WHERE key = ?", arguments: [key]).map { Array($0) }
+        }
+    }
+
+    /// Keys of `partition` starting with `prefix`, in key order.
+    public func scan(partition: Int, prefix: String, limit: Int) async throws -> [(String, [UInt8])] {
+        try await database.pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT key, value FROM rkv WHERE partition = ? AND key >= ? AND key < ? ORDER BY key LIMIT ?",
+                             arguments: [partition, prefix, KeyValueLimits.upperBound(of: prefix), max(0, limit)])
+                .map { ($0["key"], Array($0["value"] as Data)) }
+        }
+    }
+
+    /// Applied index and log length per partition, for status and tests.
+    public func logLength(partition: Int) async throws -> Int {
+        try await database.pool.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM raft_log WHERE partition = ?", arguments: [partition]) ?? 0
+        }
+    }
+
+    // MARK: - Inside a transaction
+
+    static func ensureState(_ db: Database, _ partition: Int) throws {
+        try db.execute(sql: "INSERT OR IGNORE INTO raft_state (partition) VALUES (?)", arguments: [partition])
+    }
+
+    static func apply(_ db: Database, partition: Int, entries: [RaftEntry]) throws -> [AppliedEntry] {
+        guard let row = try Row.fetchOne(db, sql: "SELECT applied_index, applied_term FROM raft_state WHERE partition = ?", arguments: [partition]) else {
+            throw PartitionStoreError.applyOutOfOrder(partition: partition, index: entries[0].index, applied: 0)
+        }
+        var appliedIndex = UInt64(row["applied_index"] as Int64)
+        var appliedTerm = UInt64(row["applied_term"] as Int64)
+        var results: [AppliedEntry] = []
+        let put = try db.cachedStatement(sql: "INSERT INTO rkv (key, partition, value) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value, partition = excluded.partition")
+        let delete = try db.cachedStatement(sql: "DELETE FROM rkv WHERE key = ?")
+        for e in entries {
+            guard e.index == appliedIndex + 1 else {
+                throw PartitionStoreError.applyOutOfOrder(partition: partition, index: e.index, applied: appliedIndex)
+            }
+            // Fencing: an entry of an epoch older than one already applied is a deposed
+            // leader's, and can never be applied after it.
+            guard e.term >= appliedTerm else {
+                throw PartitionStoreError.staleEpoch(partition: partition, index: e.index, epoch: e.term, applied: appliedTerm)
+            }
+            var existed = false
+            if e.kind == .command, let command = KVCommand.decode(e.data) {
+                switch command {
+                case .put(let key, let value):
+                    try put.execute(arguments: [key, partition, Data(value)])
+                case .delete(let key):
+                    try delete.execute(arguments: [key])
+                    existed = db.changesCount > 0
+                }
+            }
+            appliedIndex = e.index
+            appliedTerm = e.term
+            results.append(AppliedEntry(partition: partition, index: e.index, term: e.term, existed: existed))
+        }
+        try db.execute(sql: "UPDATE raft_state SET applied_index = ?, applied_term = ? WHERE partition = ?",
+                       arguments: [Int64(appliedIndex), Int64(appliedTerm), partition])
+        return results
+    }
+
+    static func install(_ db: Database, partition: Int, meta: RaftSnapshotMeta, data: [UInt8]) throws {
+        try db.execute(sql: "DELETE FROM rkv WHERE partition = ?", arguments: [partition])
+        let insert = try db.cachedStatement(sql: "INSERT INTO rkv (key, partition, value) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value, partition = excluded.partition")
+        var r = WireReader(bytes: data)
+        let count = try r.count("key count", max: Int.max)
+        for _ in 0..<count {
+            let key = try r.string("key", max: 1 << 16)
+            let value = try r.blob("value", max: RaftCodec.maxPayload)
+            try insert.execute(arguments: [key, partition, Data(value)])
+        }
+        guard r.atEnd else { throw WireError("snapshot has trailing bytes") }
+        try db.execute(sql: "DELETE FROM raft_log WHERE partition = ?", arguments: [partition])
+        try db.execute(sql: """
+            UPDATE raft_state SET snapshot_index = ?, snapshot_term = ?, snapshot_config = ?, applied_index = ?, applied_term = ?,
+                commit_index = MAX(commit_index, ?) WHERE partition = ?
+            """, arguments: [Int64(meta.index), Int64(meta.term), Data(RaftConfigurationCodec.encode(meta.configuration)),
+                             Int64(meta.index), Int64(meta.term), Int64(meta.index), partition])
+    }
+
+    static func stateBytes(_ db: Database, partition: Int) throws -> [UInt8] {
+        let rows = try Row.fetchAll(db, sql: "SELECT key, value FROM rkv WHERE partition = ? ORDER BY key", arguments: [partition])
+        var w = WireWriter()
+        w.varint(UInt64(rows.count))
+        for row in rows {
+            w.string(row["key"] as String, max: 1 << 16)
+            w.blob(Array(row["value"] as Data))
+        }
+        return w.bytes
+    }
+}
+
+public enum PartitionStoreError: Error, Sendable, CustomStringConvertible {
+    case applyOutOfOrder(partition: Int, index: UInt64, applied: UInt64)
+    case staleEpoch(partition: Int, index: UInt64, epoch: UInt64, applied: UInt64)
+
+    public var description: String {
+        switch self {
+        case .applyOutOfOrder(let p, let i, let a): "partition \(p): entry \(i) applied out of order (applied index is \(a))"
+        case .staleEpoch(let p, let i, let e, let a): "partition \(p): entry \(i) of epoch \(e) is older than applied epoch \(a); refused"
+        }
+    }
+}
