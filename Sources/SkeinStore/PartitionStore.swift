@@ -181,13 +181,6 @@ public final class PartitionStore: Sendable {
         }
     }
 
-    /// Applied index and log length per partition, for status and tests.
-    public func logLength(partition: Int) async throws -> Int {
-        try await database.pool.read { db in
-            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM raft_log WHERE partition = ?", arguments: [partition]) ?? 0
-        }
-    }
-
     // MARK: - Inside a transaction
 
     static func ensureState(_ db: Database, _ partition: Int) throws {

@@ -125,7 +125,6 @@ struct RaftSimulator {
     private(set) var stats = (writes: 0, acked: 0, reads: 0, leaseReads: 0, elections: 0, snapshotsSent: 0)
 
     static let tickNs: Int64 = 10_000_000
-    static let trace = false
 
     /// `clockDrift` is how far the simulated clocks really drift (default: the bound the
     /// configuration states); setting it past the bound must break leases.
@@ -282,9 +281,7 @@ struct RaftSimulator {
                 schedule(.deliver(m, to: i), inNs: ms(5))
                 return
             }
-            if Self.trace, m.partition == 0, now > 3_950_000_000, m.to == "10.0.0.3:9000" || m.from == "10.0.0.3:9000" { print("TRACE \(now) \(m.from)->\(m.to) t\(m.term) \(m.body)".prefix(300)) }
             nodes[i].groups[m.partition].step(m, now: local(i))
-            if Self.trace, m.partition == 0, now > 3_950_000_000, m.from == "10.0.0.3:9000" { print("TRACE after: \(nodes[i].groups[0].progressDescription) local \(local(i))") }
             pump(i)
         case .fsyncDone(let i, let bootNumber):
             guard nodes[i].up, nodes[i].boot == bootNumber else { return }
