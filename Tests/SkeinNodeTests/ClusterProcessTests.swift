@@ -20,7 +20,7 @@ import Testing
             self.name = name; self.client = client; self.peer = peer; self.data = data
         }
 
-        func start(seeds: [Int], secret: String) throws {
+        func start(seeds: [Int], secret: String, extra: [String] = []) throws {
             let log = data + "/node.log"
             if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
             let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
@@ -29,7 +29,7 @@ import Testing
             process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
             process.arguments = ["node", "--name", name, "--listen", "127.0.0.1:\(client)", "--peer", "127.0.0.1:\(peer)",
                                  "--seeds", seeds.map { "127.0.0.1:\($0)" }.joined(separator: ","), "--data", data + "/d",
-                                 "--log-level", "info"]
+                                 "--log-level", "info"] + extra
             process.environment = ["SKEIN_CLUSTER_SECRET": secret]
             process.standardOutput = handle
             process.standardError = handle

@@ -95,11 +95,14 @@ actor Replication {
 
     /// Ticks until cancelled.
     func run() async {
+        var ticks = 0
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(10))
             let t = now
             for g in groups { g.tick(now: t) }
             expireWaiters()
+            ticks += 1
+            if ticks % 100 == 0 { checkDatabaseFile() }
             pump()
         }
         for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.timedOut(partition: 0)) }
@@ -146,6 +149,19 @@ actor Replication {
         let g = groups[partition]
         if g.canServeReads(now: now) { return nil }
         throw ReplicationError.notLeader(partition: partition, leader: g.role == .leader ? nil : g.leader)
+    }
+
+    /// SQLite keeps writing to a database file deleted under it, and everything written is
+    /// gone at the next start. A node whose file disappeared stops taking part at once (the
+    /// others hold every acknowledged write) and says why.
+    private func checkDatabaseFile() {
+        guard failed == nil, !FileManager.default.fileExists(atPath: store.database.path) else { return }
+        storageFailed(DatabaseFileMissing(path: store.database.path))
+    }
+
+    struct DatabaseFileMissing: Error, CustomStringConvertible {
+        let path: String
+        var description: String { "the database file \(path) was removed while the node ran; restart the node to rejoin with an empty data directory" }
     }
 
     private func expireWaiters() {

@@ -15,7 +15,7 @@ struct KeyValueRoutes: Sendable {
     let renderer: any ErrorRenderer
 
     func answer(method: HTTPRequest.Method, rawKey: Substring, body: () async throws -> Data, traceparent: String?) async -> Response {
-        guard let key = String(rawKey).removingPercentEncoding else {
+        guard Self.isValidPercentEncoding(rawKey), let key = String(rawKey).removingPercentEncoding else {
             return render(SkeinError(code: 400, what: "invalid_key", key: String(rawKey), message: "the key is not valid percent-encoding"))
         }
         let store = ReplicatedKeyValueStore(cluster: cluster, limits: limits, traceparent: traceparent)
@@ -44,6 +44,18 @@ struct KeyValueRoutes: Sendable {
         } catch {
             return render(SkeinError(code: 500, what: "internal", key: key, message: "\(error)"))
         }
+    }
+
+    /// Every `%` starts two hex digits (Foundation passes some malformed escapes through).
+    static func isValidPercentEncoding(_ raw: Substring) -> Bool {
+        var bytes = raw.utf8.makeIterator()
+        while let b = bytes.next() {
+            guard b == UInt8(ascii: "%") else { continue }
+            for _ in 0..<2 {
+                guard let h = bytes.next(), (h >= 48 && h <= 57) || (h >= 65 && h <= 70) || (h >= 97 && h <= 102) else { return false }
+            }
+        }
+        return true
     }
 
     private func render(_ error: SkeinError) -> Response {
