@@ -99,6 +99,7 @@ import Tracing
         defer { Task { await node.stop() } }
         let incoming = "0af7651916cd43dd8448eb211c80319c"
         let r = try await node.request("GET", "/blog/posts", headers: [("traceparent", "00-\(incoming)-b7ad6b7169203331-01")])
+        #expect(r.status == 200, "\(r.text)")
         #expect(r.headers["skein-trace-id"] == incoming)
         let timeline = try #require(try await node.request("GET", "/v1/traces/\(incoming)").json() as? [String: Any])
         #expect(timeline["traceID"] as? String == incoming)

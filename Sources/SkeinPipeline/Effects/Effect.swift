@@ -76,6 +76,8 @@ public enum EffectOperation: Sendable {
     public var defaultTimeout: Duration {
         switch self {
         case .http: .seconds(5)
+        // The replicated store may wait up to 2 s for a partition to elect a leader.
+        case .kvGet, .kvPut, .kvDelete, .kvScan: .seconds(3)
         default: .seconds(1)
         }
     }
