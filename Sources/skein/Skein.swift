@@ -133,19 +133,28 @@ struct ClusterCommand: AsyncParsableCommand {
         if let generation = view.generation { header += " (generation \(generation))" }
         if let gossip = view.gossip { header += "; peer traffic in \(gossip.bytesIn / 1024) KiB, out \(gossip.bytesOut / 1024) KiB" }
         print(header)
-        let rows = [["MEMBER", "STATE", "INCARNATION", "GENERATION", "CLIENT", "PEER"]] + view.members.map {
-            [$0.name, $0.state, "\($0.incarnation)", $0.generation.map(String.init) ?? "-", $0.client, $0.peer]
+        var leads: [String: [Int]] = [:]
+        for p in view.partitions { if let leader = p.leader { leads[leader, default: []].append(p.id) } }
+        var rows: [[String]] = [["MEMBER", "STATE", "INCARNATION", "GENERATION", "CLIENT", "PEER", "LEADS PARTITIONS"]]
+        for m in view.members {
+            let generation: String = m.generation.map { String($0) } ?? "-"
+            let led: String = leads[m.name].map { ids in ids.map { String($0) }.joined(separator: ",") } ?? "-"
+            rows.append([m.name, m.state, String(m.incarnation), generation, m.client, m.peer, led])
         }
         let widths = (0..<rows[0].count).map { c in rows.map { $0[c].count }.max()! }
         for row in rows {
             print(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  "))
         }
         if view.partitions.isEmpty {
-            print("partitions: none (the replicated partition log is not built yet)")
+            print("partitions: none reported (replication is starting)")
         } else {
-            for p in view.partitions {
-                print("partition \(p.id): leader \(p.leader ?? "none"), epoch \(p.epoch), replicas \(p.replicas.joined(separator: ","))")
-            }
+            let leaderless: [String] = view.partitions.filter { $0.leader == nil }.map { String($0.id) }
+            let epochs: [Int] = view.partitions.map(\.epoch)
+            let lowest: Int = epochs.min() ?? 0
+            let highest: Int = epochs.max() ?? 0
+            let replicas: String = view.partitions[0].replicas.joined(separator: ",")
+            let leadership: String = leaderless.isEmpty ? "every partition has a leader" : "without a leader: " + leaderless.joined(separator: ",")
+            print("partitions: \(view.partitions.count), epochs \(lowest)–\(highest), replicas \(replicas); \(leadership)")
         }
     }
 

@@ -41,6 +41,8 @@ import Testing
                 #expect(Self.row(status.output, observer: observer, member: member)?.contains("alive") == true, "\(status.output)")
             }
         }
+        #expect(status.output.contains("partitions: 16"), "\(status.output)")
+        #expect(status.output.contains("LEADS PARTITIONS"), "\(status.output)")
         #expect(try await Self.script("up", ["3"], data: data, base: base).status != 0, "a second up refuses while nodes run")
 
         #expect(try await Self.script("kill", ["n2"], data: data, base: base).status == 0)
