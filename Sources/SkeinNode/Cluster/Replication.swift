@@ -57,6 +57,10 @@ actor Replication {
     private var outbox: [RaftNodeID: [RaftMessage]] = [:]
     private var sending: Set<RaftNodeID> = []
     private let published: Mutex<[PartitionStatus]>
+    /// Group commits (one SQLite transaction and fsync each) and entries they persisted, for
+    /// `/v1/cluster` and the benchmark's fsyncs-per-write figure.
+    let commits = Atomic<Int>(0)
+    let entriesPersisted = Atomic<Int>(0)
     private var lastRoles: [RaftRole]
     private var lastLeaders: [RaftNodeID?]
     private var lastTerms: [UInt64]
@@ -208,6 +212,8 @@ actor Replication {
 
     private func committed(_ readies: [(Int, RaftReady)], snapshots: [Int: [UInt8]], applied: [AppliedEntry]) {
         writing = false
+        commits.add(1, ordering: .relaxed)
+        entriesPersisted.add(readies.reduce(0) { $0 + $1.1.entries.count }, ordering: .relaxed)
         for (p, r) in readies {
             for var m in r.messages {
                 if case .snapshot(let meta, _, let sentAt) = m.body {

@@ -73,6 +73,14 @@ struct ClusterView: Codable, Sendable {
     let members: [Member]
     let partitions: [Partition]
     let gossip: Traffic
+    /// Group commits of the partition log on this node (each one SQLite transaction, one
+    /// fsync) and the log entries they persisted.
+    let log: Log?
+
+    struct Log: Codable, Sendable {
+        let commits: Int
+        let entries: Int
+    }
 
     init(_ cluster: ClusterHandle) {
         node = cluster.settings.name
@@ -85,6 +93,7 @@ struct ClusterView: Codable, Sendable {
             Partition(id: p.id, leader: p.leader.map { cluster.member(peer: $0)?.name ?? $0 }, epoch: Int(p.epoch),
                       replicas: p.voters.map { cluster.member(peer: $0)?.name ?? $0 })
         } ?? []
+        log = cluster.replication.map { Log(commits: $0.commits.load(ordering: .relaxed), entries: $0.entriesPersisted.load(ordering: .relaxed)) }
         gossip = Traffic(bytesIn: cluster.traffic.bytesIn.load(ordering: .relaxed), bytesOut: cluster.traffic.bytesOut.load(ordering: .relaxed))
     }
 }

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""cluster/bench kv: replicated key-value writes of 3 real nodes on loopback, fsync on.
+
+In one run, on one disk:
+  1. the fsync floor: SQLite WAL, synchronous=FULL, one row per commit (Python's sqlite3);
+  2. Skein: 3 nodes; h2load (HTTP/1.1, one PUT in flight per connection) with 64 connections
+     spread over the three nodes, each PUT a different key: acknowledged writes/s, p50/p99
+     over every request (h2load's per-request log), fsyncs (group commits) per write;
+  3. dqlite (dqlite-demo, Debian's go-dqlite), 3 nodes, the same load on its `PUT /key`;
+  4. failover: a writer per partition through a surviving node while the node leading the
+     most partitions is SIGKILLed; the time from the kill until each of its partitions takes
+     a write again (max over its partitions), repeated.
+
+Usage: bench_kv.py SKEIN_BIN [SECONDS] [KILLS]
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+BIN = sys.argv[1]
+SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+KILLS = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+CONNECTIONS = 64
+SECRET = os.urandom(16).hex()
+PARTITIONS = 16
+VALUE = b"v" * 100
+
+
+def get_json(port, path, timeout=1):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return json.load(r)
+    except Exception:
+        return None
+
+
+def partition_of(key):
+    tag = key
+    if "{" in key:
+        rest = key[key.index("{") + 1:]
+        if "}" in rest and rest.index("}") > 0:
+            tag = rest[:rest.index("}")]
+    h = 0xcbf29ce484222325
+    for b in tag.encode():
+        h ^= b
+        h = (h * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h % PARTITIONS
+
+
+def fsync_floor(directory, seconds=3):
+    db = sqlite3.connect(os.path.join(directory, "floor.sqlite"), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+    n = 0
+    end = time.time() + seconds
+    while time.time() < end:
+        db.execute("BEGIN")
+        db.execute("INSERT INTO t (v) VALUES (?)", (VALUE,))
+        db.execute("COMMIT")
+        n += 1
+    return n / seconds
+
+
+def h2load(urls_per_client, workdir, label):
+    """Runs one h2load per target at once; returns (ok/s, p50 ms, p99 ms, total, failed, command)."""
+    value = os.path.join(workdir, "value")
+    with open(value, "wb") as f:
+        f.write(VALUE)
+    procs, logs = [], []
+    per = [CONNECTIONS // len(urls_per_client)] * len(urls_per_client)
+    for i in range(CONNECTIONS % len(urls_per_client)):
+        per[i] += 1
+    command = None
+    for i, urls in enumerate(urls_per_client):
+        log = os.path.join(workdir, f"{label}-{i}.log")
+        urifile = os.path.join(workdir, f"{label}-{i}.uris")
+        with open(urifile, "w") as f:
+            f.write("\n".join(urls) + "\n")
+        args = ["h2load", "--h1", "-c", str(per[i]), "-m", "1", "-D", str(SECONDS), "-d", value,
+                "-H", ":method: PUT", "--log-file", log, "-i", urifile]
+        command = command or " ".join(args)
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        logs.append(log)
+    for p in procs:
+        p.communicate()
+    times, ok, failed = [], 0, 0
+    for log in logs:
+        with open(log) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                status, micros = int(parts[1]), int(parts[2])
+                if 200 <= status < 300:
+                    ok += 1
+                    times.append(micros / 1000)
+                else:
+                    failed += 1
+    times.sort()
+    p = lambda q: times[min(len(times) - 1, int(len(times) * q))] if times else float("nan")
+    return ok / SECONDS, p(0.50), p(0.99), ok, failed, command
+
+
+class Skein:
+    def __init__(self, base):
+        self.dir = tempfile.mkdtemp(prefix="skein-bench-kv-")
+        self.client = [base + i for i in range(1, 4)]
+        self.peer = [base + 1000 + i for i in range(1, 4)]
+        self.procs = [None] * 3
+
+    def start(self, i):
+        data = os.path.join(self.dir, f"n{i + 1}")
+        os.makedirs(data, exist_ok=True)
+        log = open(os.path.join(data, "node.log"), "ab")
+        seeds = ",".join(f"127.0.0.1:{p}" for p in self.peer)
+        self.procs[i] = subprocess.Popen(
+            [BIN, "node", "--name", f"n{i + 1}", "--listen", f"127.0.0.1:{self.client[i]}",
+             "--peer", f"127.0.0.1:{self.peer[i]}", "--seeds", seeds, "--data", data, "--log-level", "notice",
+             "--slow-request-ms", "1000000"],
+            stdout=log, stderr=log, env={**os.environ, "SKEIN_CLUSTER_SECRET": SECRET})
+
+    def leaders(self, via):
+        v = get_json(self.client[via], "/v1/cluster")
+        if not v or len(v.get("partitions", [])) != PARTITIONS:
+            return None
+        return {p["id"]: p.get("leader") for p in v["partitions"]}
+
+    def wait_leaders(self, alive, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            views = [self.leaders(i) for i in alive]
+            if all(v and all(l is not None and l in [f"n{j + 1}" for j in alive] for l in v.values()) for v in views):
+                return views[0]
+            time.sleep(0.05)
+        raise SystemExit("bench: partitions did not all get a leader among the live nodes")
+
+    def commits(self):
+        total = 0
+        for port in self.client:
+            v = get_json(port, "/v1/cluster")
+            total += (v or {}).get("log", {}).get("commits", 0)
+        return total
+
+    def stop(self):
+        for p in self.procs:
+            if p and p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def failover(cluster, rounds):
+    """SIGKILL the node leading the most partitions; time until each of them takes a write."""
+    results = []
+    for r in range(rounds):
+        leaders = cluster.wait_leaders([0, 1, 2])
+        counts = {}
+        for p, l in leaders.items():
+            counts[l] = counts.get(l, 0) + 1
+        victim_name = max(counts, key=counts.get)
+        victim = int(victim_name[1:]) - 1
+        via = (victim + 1) % 3
+        theirs = [p for p, l in leaders.items() if l == victim_name]
+        keys = {}
+        i = 0
+        while len(keys) < len(theirs):
+            k = f"failover-{r}-{i}"
+            if partition_of(k) in theirs and partition_of(k) not in keys:
+                keys[partition_of(k)] = k
+            i += 1
+        recovered = {}
+        killed_at = [None]
+        stop = threading.Event()
+
+        def writer(p, key):
+            conn = http.client.HTTPConnection("127.0.0.1", cluster.client[via], timeout=5)
+            while not stop.is_set():
+                started = time.time()
+                try:
+                    conn.request("PUT", f"/v1/kv/{key}", body=VALUE)
+                    resp = conn.getresponse()
+                    resp.read()
+                    done = time.time()
+                    if resp.status == 204 and killed_at[0] is not None and started >= killed_at[0] and p not in recovered:
+                        # The first write that started after the kill and succeeded.
+                        recovered[p] = done - killed_at[0]
+                except Exception:
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", cluster.client[via], timeout=5)
+                time.sleep(0.005)
+
+        threads = [threading.Thread(target=writer, args=(p, k), daemon=True) for p, k in keys.items()]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        cluster.procs[victim].send_signal(signal.SIGKILL)
+        cluster.procs[victim].wait()
+        killed_at[0] = time.time()
+        deadline = time.time() + 15
+        while len(recovered) < len(keys) and time.time() < deadline:
+            time.sleep(0.01)
+        stop.set()
+        for t in threads:
+            t.join()
+        worst = max(recovered.values()) if len(recovered) == len(keys) else float("inf")
+        results.append(worst)
+        print(f"  failover {r + 1}: killed {victim_name} (led {len(theirs)} partitions); writes to all of them again after {worst * 1000:.0f} ms", file=sys.stderr)
+        cluster.start(victim)
+    return results
+
+
+def dqlite(workdir, base):
+    if not shutil.which("dqlite-demo"):
+        return None
+    procs = []
+    api = [base + i for i in range(1, 4)]
+    db = [base + 100 + i for i in range(1, 4)]
+    try:
+        for i in range(3):
+            d = os.path.join(workdir, f"dq{i}")
+            os.makedirs(d, exist_ok=True)
+            args = ["dqlite-demo", "-a", f"127.0.0.1:{api[i]}", "-d", f"127.0.0.1:{db[i]}", "-D", d]
+            if i > 0:
+                args += ["-j", f"127.0.0.1:{db[0]}"]
+            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            # Each joins the one before it is up.
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", api[i], timeout=1)
+                    c.request("PUT", "/warmup", body=b"x")
+                    if c.getresponse().status < 500:
+                        break
+                except Exception:
+                    pass
+                time.sleep(0.2)
+        time.sleep(2)
+        urls = [[f"http://127.0.0.1:{api[n]}/dq-{n}-{i}" for i in range(2000)] for n in range(3)]
+        return h2load(urls, workdir, "dqlite")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="skein-bench-kv-work-")
+    try:
+        floor = fsync_floor(work)
+        print(f"fsync floor: SQLite WAL synchronous=FULL, one row per commit: {floor:,.0f} commits/s", file=sys.stderr)
+
+        cluster = Skein(21000)
+        try:
+            for i in range(3):
+                cluster.start(i)
+            cluster.wait_leaders([0, 1, 2])
+            before = cluster.commits()
+            urls = [[f"http://127.0.0.1:{cluster.client[n]}/v1/kv/bench-{n}-{i}" for i in range(2000)] for n in range(3)]
+            rate, p50, p99, ok, failed, command = h2load(urls, work, "skein")
+            commits = cluster.commits() - before
+            per_write = commits / ok if ok else float("nan")
+            print(f"skein: {rate:,.0f} acknowledged writes/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, {failed} failed; "
+                  f"{per_write:.3f} group commits (fsyncs) per write over the 3 nodes", file=sys.stderr)
+            print(f"  load: 3 × `{command}` (one per node, {CONNECTIONS} connections in all, {SECONDS} s)", file=sys.stderr)
+            kills = failover(cluster, KILLS)
+        finally:
+            cluster.stop()
+
+        dq = dqlite(work, 22000)
+        if dq:
+            d_rate, d_p50, d_p99, d_ok, d_failed, _ = dq
+            print(f"dqlite: {d_rate:,.0f} acknowledged writes/s, p50 {d_p50:.1f} ms, p99 {d_p99:.1f} ms, {d_failed} failed", file=sys.stderr)
+        else:
+            print("dqlite: dqlite-demo not installed (apt-get install go-dqlite)", file=sys.stderr)
+
+        print()
+        print(f"| figure | Skein | dqlite | goal |")
+        print(f"|---|---|---|---|")
+        print(f"| acknowledged writes/s, {CONNECTIONS} connections | {rate:,.0f} | {dq[0]:,.0f} | ≥ 5,000 and ≥ dqlite |" if dq else
+              f"| acknowledged writes/s, {CONNECTIONS} connections | {rate:,.0f} | – | ≥ 5,000 |")
+        print(f"| p50 / p99 latency | {p50:.1f} / {p99:.1f} ms | " + (f"{dq[1]:.1f} / {dq[2]:.1f} ms" if dq else "–") + " | p99 < 20 ms |")
+        print(f"| fsyncs per write (3 nodes together) | {per_write:.3f} | – | < 3 (group commit beats one per write per node) |")
+        print(f"| fsync floor, one row per commit | {floor:,.0f} commits/s | | |")
+        print(f"| SIGKILL of a leader → its partitions take writes again | max {max(kills) * 1000:.0f} ms, median {statistics.median(kills) * 1000:.0f} ms over {len(kills)} | | < 1.5 s |")
+        print(f"| ratio writes/s Skein / dqlite | " + (f"{rate / dq[0]:.2f}" if dq else "–") + " | | ≥ 1 |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
