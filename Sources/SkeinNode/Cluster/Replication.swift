@@ -189,7 +189,13 @@ actor Replication {
                 immediate += g.ready().messages
                 g.advance(now: t)
             } else if !writing {
-                readies.append((g.partition, g.ready()))
+                var r = g.ready()
+                // A leader's appends and heartbeats may leave before its own fsync (Raft
+                // §10.2.1): its commit index counts only what it has made durable. Everything
+                // else (votes, a follower's acknowledgements) waits for the disk.
+                immediate += r.messages.filter(\.canLeaveBeforeFsync)
+                r.messages.removeAll(where: \.canLeaveBeforeFsync)
+                readies.append((g.partition, r))
             }
         }
         if !immediate.isEmpty {
@@ -321,6 +327,13 @@ actor Replication {
 }
 
 extension RaftMessage {
+    var canLeaveBeforeFsync: Bool {
+        switch body {
+        case .append, .heartbeat: true
+        default: false
+        }
+    }
+
     /// Roughly what the message costs on the wire, for batching.
     var approximateSize: Int {
         switch body {
