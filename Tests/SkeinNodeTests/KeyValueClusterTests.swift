@@ -165,6 +165,46 @@ struct LinearizabilityCheckerTests {
         #expect(acknowledged > 10)
     }
 
+    /// Leaders spread over the voters (by leadership transfer), and come back to a node that
+    /// was killed and restarted.
+    @Test func leadershipSpreadsAndReturnsToARestartedNode() async throws {
+        let ports = ClusterProcessTests.freePorts(6)
+        let secret = "test-secret-\(UUID().uuidString)"
+        let root = temporaryDirectory()
+        let nodes = (0..<3).map { NodeProcess(name: "n\($0 + 1)", client: ports[$0], peer: ports[3 + $0], data: root + "/n\($0 + 1)") }
+        for node in nodes { try FileManager.default.createDirectory(atPath: node.data, withIntermediateDirectories: true) }
+        defer { for node in nodes { node.signal(SIGKILL) } }
+        let seeds = nodes.map(\.peer)
+        let extra = ["--partitions", "9"]
+        for node in nodes { try node.start(seeds: seeds, secret: secret, extra: extra) }
+
+        func counts(_ via: NodeProcess) async -> [String: Int]? {
+            guard let v = await Self.view(via), v.partitions.count == 9, v.partitions.allSatisfy({ $0.leader != nil }) else { return nil }
+            return Dictionary(grouping: v.partitions.compactMap(\.leader), by: { $0 }).mapValues(\.count)
+        }
+        func waitBalanced(_ via: NodeProcess, among names: [String], within: Duration) async -> [String: Int]? {
+            let deadline = ContinuousClock.now + within
+            var last: [String: Int]?
+            while ContinuousClock.now < deadline {
+                last = await counts(via)
+                if let c = last {
+                    let per = names.map { c[$0] ?? 0 }
+                    if per.reduce(0, +) == 9, per.max()! - per.min()! <= 1 { return c }
+                }
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+            Issue.record("leaders not spread over \(names) within \(within): \(String(describing: last))")
+            return nil
+        }
+        _ = await waitBalanced(nodes[1], among: ["n1", "n2", "n3"], within: .seconds(30))
+        nodes[0].signal(SIGKILL)
+        _ = nodes[0].process.map { $0.waitUntilExit() }
+        _ = await waitBalanced(nodes[1], among: ["n2", "n3"], within: .seconds(20))
+        try nodes[0].start(seeds: seeds, secret: secret, extra: extra)
+        let back = await waitBalanced(nodes[1], among: ["n1", "n2", "n3"], within: .seconds(30))
+        #expect((back?["n1"] ?? 0) >= 2, "the restarted node leads again: \(String(describing: back))")
+    }
+
     static func waitForLeaders(_ nodes: [NodeProcess], partitions: Int) async throws {
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {

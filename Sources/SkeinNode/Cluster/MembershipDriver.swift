@@ -170,7 +170,8 @@ final class ClusterHandle: Sendable {
     func startReplication(store: PartitionStore) throws -> Replication {
         guard let me = raftID else { throw PeerCallError(description: "the peer port is not bound yet") }
         let voters = voters(me: me)
-        let created = try Replication(me: me, voters: voters, store: store, peers: peers, logger: logger)
+        let created = try Replication(me: me, voters: voters, store: store, peers: peers, logger: logger,
+                                      isAlive: { [weak self] peer in self?.member(peer: peer)?.state == .alive })
         replicationDriver.withLock { $0 = created }
         logger.info(voters.contains(me) ? "replicating as a voter" : "replicating as a non-voter (not in --seeds): forwarding to leaders",
                     metadata: ["partitions": "\(store.partitions)", "voters": "\(voters.joined(separator: ","))"])

@@ -49,6 +49,9 @@ actor Replication {
     let groups: [Raft]
     let partitionCount: Int
     let waitLimit: Duration
+    /// Whether membership sees a node alive (leadership is only handed to live voters).
+    let isAlive: @Sendable (RaftNodeID) -> Bool
+    private var lastTransfer: ContinuousClock.Instant?
     private let clock = ContinuousClock()
     private let origin: ContinuousClock.Instant
     private var writing = false
@@ -73,8 +76,10 @@ actor Replication {
     }
 
     init(me: RaftNodeID, voters: [RaftNodeID], store: PartitionStore, peers: PeerClients, logger: Logger,
+         isAlive: @escaping @Sendable (RaftNodeID) -> Bool = { _ in true },
          waitLimit: Duration = .seconds(5), seed: UInt64 = UInt64.random(in: .min ... .max)) throws {
         self.me = me
+        self.isAlive = isAlive
         self.store = store
         self.peers = peers
         self.logger = logger
@@ -107,6 +112,7 @@ actor Replication {
             expireWaiters()
             ticks += 1
             if ticks % 100 == 0 { checkDatabaseFile() }
+            if ticks % 50 == 0 { balanceLeadership() }
             pump()
         }
         for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.timedOut(partition: 0)) }
@@ -166,6 +172,31 @@ actor Replication {
     struct DatabaseFileMissing: Error, CustomStringConvertible {
         let path: String
         var description: String { "the database file \(path) was removed while the node ran; restart the node to rejoin with an empty data directory" }
+    }
+
+    /// Spreads leadership over the live voters: a node leading at least two partitions more
+    /// than some live voter hands one to it (one transfer per second per node), so leaders
+    /// spread at start and move back to a node that returns.
+    private func balanceLeadership() {
+        guard failed == nil else { return }
+        if let last = lastTransfer, clock.now - last < .seconds(1) { return }
+        let voters = groups[0].configuration.voters
+        guard voters.contains(me), voters.count > 1 else { return }
+        var counts = Dictionary(uniqueKeysWithValues: voters.map { ($0, 0) })
+        for g in groups {
+            // A partition counts for the leader this node has heard from; ours only while we lead.
+            if let leader = g.leader, counts[leader] != nil { counts[leader]! += 1 }
+        }
+        let mine = counts[me] ?? 0
+        let candidates = voters.filter { $0 != me && isAlive($0) }
+        guard let target = candidates.min(by: { (counts[$0]!, $0) < (counts[$1]!, $1) }),
+              mine - counts[target]! >= 2,
+              let group = groups.first(where: { $0.role == .leader && $0.transferee == nil }) else { return }
+        lastTransfer = clock.now
+        logger.info("handing a partition to a less loaded voter", metadata: [
+            "partition": "\(group.partition)", "to": "\(target)", "leads": "\(mine)", "they lead": "\(counts[target]!)"])
+        group.transferLeadership(to: target, now: now)
+        pump()
     }
 
     private func expireWaiters() {
