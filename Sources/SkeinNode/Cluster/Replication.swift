@@ -122,12 +122,16 @@ actor Replication {
     /// Every partition's leader and epoch, as last published.
     nonisolated var status: [PartitionStatus] { published.withLock { $0 } }
 
-    func receive(_ batch: RaftBatch) {
+    /// Steps a batch from a peer. Returns the messages for that peer that need no fsync
+    /// (heartbeat answers, mostly): they ride back in the HTTP answer instead of a request of
+    /// their own.
+    @discardableResult
+    func receive(_ batch: RaftBatch, answerInline: Bool = true) -> [RaftMessage] {
         let t = now
         for m in batch.messages where m.to == me {
             groups[m.partition].step(m, now: t)
         }
-        pump()
+        return pump(replyTo: answerInline ? batch.from : nil)
     }
 
     /// Membership declared `peer` dead: its partitions elect as soon as the vote promises end.
@@ -208,8 +212,9 @@ actor Replication {
     }
 
     /// Starts the next group commit if none is under way and any partition has work.
-    private func pump() {
-        guard failed == nil else { return }
+    @discardableResult
+    private func pump(replyTo: RaftNodeID? = nil) -> [RaftMessage] {
+        guard failed == nil else { return [] }
         publish()
         var readies: [(Int, RaftReady)] = []
         var immediate: [RaftMessage] = []
@@ -229,11 +234,14 @@ actor Replication {
                 readies.append((g.partition, r))
             }
         }
+        var replies: [RaftMessage] = []
         if !immediate.isEmpty {
-            for m in immediate { outbox[m.to, default: []].append(m) }
+            for m in immediate {
+                if m.to == replyTo { replies.append(m) } else { outbox[m.to, default: []].append(m) }
+            }
             startSending()
         }
-        guard !readies.isEmpty else { return }
+        guard !readies.isEmpty else { return replies }
         writing = true
         let writes = readies.map { PartitionWrite(partition: $0.0, ready: $0.1) }
         let store = self.store
@@ -245,6 +253,7 @@ actor Replication {
                 self.storageFailed(error)
             }
         }
+        return replies
     }
 
     private func committed(_ readies: [(Int, RaftReady)], snapshots: [Int: [UInt8]], applied: [AppliedEntry]) {
@@ -325,7 +334,10 @@ actor Replication {
                 let body = RaftCodec.encode(RaftBatch(partitionCount: partitionCount, from: me, messages: messages))
                 do {
                     let answer = try await peers.connection(to: to).post(path: Self.raftPath, body: body)
-                    if answer.status != 204 {
+                    if answer.status == 200 {
+                        // Answers that needed no fsync ride back in the response.
+                        receive(try RaftCodec.decode(answer.body), answerInline: false)
+                    } else if answer.status != 204 {
                         logger.warning("peer refused raft messages", metadata: [
                             "peer": "\(to)", "status": "\(answer.status)", "answer": "\(String(decoding: answer.body.prefix(200), as: UTF8.self))"])
                     }

@@ -92,8 +92,12 @@ struct PeerResponder: HTTPResponder {
             logger.error("a peer has a different partition count", metadata: ["peer": "\(batch.from)", "theirs": "\(batch.partitionCount)", "ours": "\(replication.partitionCount)"])
             return Self.answer(.conflict, "this node has \(replication.partitionCount) partitions, the sender \(batch.partitionCount)")
         }
-        await replication.receive(batch)
-        return Hummingbird.Response(status: .noContent)
+        let replies = await replication.receive(batch)
+        guard !replies.isEmpty else { return Hummingbird.Response(status: .noContent) }
+        var headers = HTTPFields()
+        headers[.contentType] = "application/x-skein-peer"
+        let answer = RaftCodec.encode(RaftBatch(partitionCount: replication.partitionCount, from: replication.me, messages: replies))
+        return Hummingbird.Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: answer)))
     }
 
     static func answer(_ status: HTTPResponse.Status, _ message: String) -> Hummingbird.Response {

@@ -3,7 +3,7 @@ import SkeinCluster
 import Testing
 
 /// The per-partition Raft groups under the deterministic simulator: as many seeds as fit the
-/// time budget (`SKEIN_RAFT_SIM_SECONDS`, default 40, on `SKEIN_RAFT_SIM_THREADS` threads, default 2), or exactly `SKEIN_RAFT_SIM_SEEDS`
+/// time budget (`SKEIN_RAFT_SIM_SECONDS`, default 40, on `SKEIN_RAFT_SIM_THREADS` threads, default 1: the real-process tests running beside it need the other core), or exactly `SKEIN_RAFT_SIM_SEEDS`
 /// seeds, or one seed replayed with `SKEIN_RAFT_SIM_SEED`. A failure prints the seed and the
 /// events before it.
 @Suite("Raft simulation")
@@ -18,9 +18,9 @@ struct RaftSimulationTests {
             #expect(report == nil, "\(report ?? "")")
             return
         }
-        // Two threads of seeds (one per core of the machines this runs on), each off the
-        // cooperative pool the other tests need.
-        let threads = max(1, Int(env["SKEIN_RAFT_SIM_THREADS"] ?? "") ?? 2)
+        // Threads of their own, off the cooperative pool the other tests need; one by default,
+        // since the real-process tests beside it need the other core.
+        let threads = max(1, Int(env["SKEIN_RAFT_SIM_THREADS"] ?? "") ?? 1)
         let result = await withTaskGroup(of: Outcome.self) { group in
             for t in 0..<threads {
                 group.addTask { await offPool { Self.runSeeds(env, thread: t, of: threads) } }
