@@ -196,6 +196,12 @@ struct RaftSimulator {
         while failure == nil, let next = queue.popMin() {
             now = next.time
             eventsRun += 1
+            if eventsRun > 2_000_000 {
+                // A run has some tens of thousands of events; millions mean messages feeding
+                // each other without end (a livelock), which is a bug too.
+                failure = "more than 2,000,000 events: a message storm"
+                break
+            }
             handle(next.event)
             if case .finalCheck = next.event { break }
             if failure == nil { checkInvariants(after: next.event) }
