@@ -105,7 +105,12 @@ public final class PartitionStore: Sendable {
     /// What a partition's Raft group restarts from. A partition never written starts empty
     /// with `configuration`.
     public func load(partition: Int, configuration: RaftConfiguration) throws -> RaftStoredState {
-        try database.pool.read { db in
+        try database.pool.write { db in
+            // The configuration a partition starts from is written down at its first start, so
+            // every later start (with whatever --seeds) agrees with what the others hold at index 0.
+            try Self.ensureState(db, partition)
+            try db.execute(sql: "UPDATE raft_state SET snapshot_config = ? WHERE partition = ? AND snapshot_config IS NULL",
+                           arguments: [Data(RaftConfigurationCodec.encode(configuration)), partition])
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM raft_state WHERE partition = ?", arguments: [partition]) else {
                 return .fresh(configuration)
             }

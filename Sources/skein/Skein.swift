@@ -14,7 +14,7 @@ struct Skein: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "skein",
         abstract: "A cluster node for trace-first HTTP services and durable workflows.",
-        subcommands: [NodeCommand.self, ClusterCommand.self]
+        subcommands: [NodeCommand.self, ClusterCommand.self, VotersCommand.self]
     )
 }
 

@@ -287,4 +287,75 @@ struct RaftTests {
         h.run(for: .seconds(3))
         #expect(h.leaders.count == 1 && h.leaders[0] != leader.id)
     }
+
+    /// Drives a ``VoterReplacement`` the way the node does: one planner step on the current
+    /// leader per tick, until it says done.
+    static func replace(_ r: VoterReplacement, in h: inout RaftHarness, alive: Set<RaftNodeID>, limit: Duration = .seconds(20)) -> [String] {
+        var steps: [String] = []
+        let end = h.now + limit
+        while h.now < end {
+            h.run(for: .milliseconds(10))
+            guard let id = h.leaders.first(where: { alive.contains($0) }) else { continue }
+            let leader = h.raft(id)
+            let step = r.next(leader: id, configuration: leader.configuration, changePending: leader.configurationChangePending,
+                              commit: leader.commit, match: leader.match(of: r.add), removeIsAlive: alive.contains(r.remove),
+                              transferTargets: leader.configuration.voters.filter { $0 != id && alive.contains($0) })
+            switch step {
+            case .done: return steps
+            case .wait: break
+            case .refuse(let why): steps.append("refused: \(why)"); return steps
+            case .transfer(let target):
+                if leader.transferee == nil { steps.append("transfer to \(target)"); leader.transferLeadership(to: target, now: h.now) }
+            case .propose(let c, let what):
+                if case .success = leader.proposeConfiguration(c, now: h.now) { steps.append(what) }
+            }
+        }
+        steps.append("timed out")
+        return steps
+    }
+
+    @Test("a dead voter is replaced by a new node: learner, catch-up, remove, promote; the new trio elects and commits")
+    func replaceDeadVoter() throws {
+        var h = RaftHarness(three)
+        h.nodes["d"] = Raft(id: "d", partition: 0, stored: .fresh(RaftConfiguration(voters: three)), config: h.config, seed: 7, now: h.now)
+        h.stored["d"] = .fresh(RaftConfiguration(voters: three))
+        h.run(for: .seconds(2))
+        let first = h.raft(h.leaders[0])
+        for i in 0..<50 { _ = first.propose([UInt8(i)], now: h.now) }
+        h.settle()
+        // c dies for good (if it led, a or b takes over).
+        h.isolate("c")
+        h.nodes["c"] = nil
+        h.run(for: .seconds(3))
+        let steps = Self.replace(VoterReplacement(remove: "c", add: "d"), in: &h, alive: ["a", "b", "d"])
+        #expect(steps == ["add d as a learner", "remove voter c", "promote d to voter"])
+        for id in ["a", "b", "d"] { #expect(h.raft(id).configuration == RaftConfiguration(voters: ["a", "b", "d"])) }
+        #expect(h.applied["d"]?.filter { $0.kind == .command }.count == 50)
+        // a or b may now fail: the other and d carry on.
+        let victim = h.leaders[0] == "d" ? "a" : h.leaders[0]
+        h.isolate(victim)
+        h.run(for: .seconds(3))
+        let next = h.leaders.filter { $0 != victim }
+        #expect(next.count == 1)
+        let index = h.raft(next[0]).propose([200], now: h.now)
+        h.run(for: .milliseconds(100))
+        #expect(index != nil && h.applied["d"]?.last?.data == [200])
+    }
+
+    @Test("a live voter being replaced hands leadership away, and the new node is promoted before it leaves")
+    func replaceLiveLeader() throws {
+        var h = RaftHarness(three)
+        h.nodes["d"] = Raft(id: "d", partition: 0, stored: .fresh(RaftConfiguration(voters: three)), config: h.config, seed: 7, now: h.now)
+        h.stored["d"] = .fresh(RaftConfiguration(voters: three))
+        h.run(for: .seconds(2))
+        let old = h.leaders[0]
+        let steps = Self.replace(VoterReplacement(remove: old, add: "d"), in: &h, alive: ["a", "b", "c", "d"])
+        #expect(steps.count == 4 && steps[0] == "add d as a learner" && steps[1] == "promote d to voter" && steps[2].hasPrefix("transfer to ") && steps[3] == "remove voter \(old)")
+        let voters = Set(three + ["d"]).subtracting([old]).sorted()
+        #expect(h.leaders.count == 1 && h.leaders[0] != old)
+        #expect(h.raft(h.leaders[0]).configuration.voters == voters)
+        // Asking again is a no-op; nonsense is refused.
+        #expect(Self.replace(VoterReplacement(remove: old, add: "d"), in: &h, alive: Set(voters)) == [])
+        #expect(Self.replace(VoterReplacement(remove: "zz", add: "yy"), in: &h, alive: Set(voters)).first?.hasPrefix("refused: zz is not a voter") == true)
+    }
 }

@@ -121,6 +121,10 @@ public final class Raft {
     public func entry(at index: UInt64) -> RaftEntry? { log.entry(at: index) }
     public func term(at index: UInt64) -> UInt64? { log.term(at: index) }
     public var hardState: RaftHardState { RaftHardState(term: term, vote: vote, commit: commit) }
+    /// Whether a configuration entry is appended but not yet committed (no new change until it is).
+    public var configurationChangePending: Bool { configurationIndex > commit }
+    /// How much of the log `peer` is known to hold (leaders only; nil elsewhere or for strangers).
+    public func match(of peer: RaftNodeID) -> UInt64? { role == .leader ? progress[peer]?.match : nil }
 
     /// The leader's view of each follower, for logs and failure reports.
     public var progressDescription: String {

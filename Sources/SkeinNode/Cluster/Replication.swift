@@ -25,12 +25,20 @@ enum ReplicationError: Error, CustomStringConvertible {
     }
 }
 
+/// Where a voter replacement stands on one partition.
+enum ReplacementProgress: Sendable, Equatable {
+    case done(voters: [RaftNodeID])
+    case working(String)
+    case refused(String)
+}
+
 /// One partition's public state, for `/v1/cluster` and routing.
 struct PartitionStatus: Sendable {
     var id: Int
     var leader: RaftNodeID?
     var epoch: UInt64
     var voters: [RaftNodeID]
+    var learners: [RaftNodeID]
 }
 
 /// The imperative shell around the node's Raft groups, one per partition: it feeds them ticks
@@ -67,6 +75,7 @@ actor Replication {
     private var lastRoles: [RaftRole]
     private var lastLeaders: [RaftNodeID?]
     private var lastTerms: [UInt64]
+    private var lastConfigurations: [RaftConfiguration]
 
     struct WaiterKey: Hashable { var partition: Int; var index: UInt64 }
     struct Waiter {
@@ -97,7 +106,8 @@ actor Replication {
         lastRoles = groups.map(\.role)
         lastLeaders = groups.map(\.leader)
         lastTerms = groups.map(\.term)
-        published = Mutex(groups.map { PartitionStatus(id: $0.partition, leader: $0.leader, epoch: $0.term, voters: $0.configuration.voters) })
+        lastConfigurations = groups.map(\.configuration)
+        published = Mutex(groups.map { PartitionStatus(id: $0.partition, leader: $0.leader, epoch: $0.term, voters: $0.configuration.voters, learners: $0.configuration.learners) })
     }
 
     private var now: Duration { clock.now - origin }
@@ -163,6 +173,45 @@ actor Replication {
         let g = groups[partition]
         if g.canServeReads(now: now) { return nil }
         throw ReplicationError.notLeader(partition: partition, leader: g.role == .leader ? nil : g.leader)
+    }
+
+    /// One move of a voter replacement on `partition`, if this node leads it: proposes the
+    /// next configuration (or hands leadership away when it is the voter leaving). Safe to call
+    /// again and again; each call does at most one step.
+    func advanceReplacement(_ replacement: VoterReplacement, partition: Int) throws -> ReplacementProgress {
+        if let failed { throw ReplicationError.storageFailed(failed) }
+        let g = groups[partition]
+        guard g.role == .leader else { throw ReplicationError.notLeader(partition: partition, leader: g.leader) }
+        let t = now
+        let step = replacement.next(
+            leader: me, configuration: g.configuration, changePending: g.configurationChangePending, commit: g.commit,
+            match: g.match(of: replacement.add), removeIsAlive: isAlive(replacement.remove),
+            transferTargets: g.configuration.voters.filter { $0 != me && isAlive($0) })
+        defer { pump() }
+        switch step {
+        case .done:
+            return .done(voters: g.configuration.voters)
+        case .wait(let why):
+            return .working(why)
+        case .refuse(let why):
+            return .refused(why)
+        case .transfer(let target):
+            if g.transferee == nil {
+                logger.info("handing leadership away before leaving the voters", metadata: ["partition": "\(partition)", "to": "\(target)"])
+                g.transferLeadership(to: target, now: t)
+            }
+            return .working("\(me) leads and is being replaced: handing leadership to \(target)")
+        case .propose(let configuration, let what):
+            switch g.proposeConfiguration(configuration, now: t) {
+            case .success(let index):
+                logger.info("configuration change proposed", metadata: [
+                    "partition": "\(partition)", "change": "\(what)", "index": "\(index)",
+                    "voters": "\(configuration.voters.joined(separator: ","))", "learners": "\(configuration.learners.joined(separator: ","))"])
+                return .working(what)
+            case .failure(let why):
+                return .working("\(what): not yet (\(why))")
+            }
+        }
     }
 
     /// SQLite keeps writing to a database file deleted under it, and everything written is
@@ -350,10 +399,13 @@ actor Replication {
     }
 
     private func publish() {
-        var changed = groups.enumerated().contains { i, g in g.leader != lastLeaders[i] || g.term != lastTerms[i] }
+        var changed = groups.enumerated().contains { i, g in
+            g.leader != lastLeaders[i] || g.term != lastTerms[i] || g.configuration != lastConfigurations[i]
+        }
         for (i, g) in groups.enumerated() {
             lastLeaders[i] = g.leader
             lastTerms[i] = g.term
+            lastConfigurations[i] = g.configuration
         }
         for (i, g) in groups.enumerated() where g.role != lastRoles[i] {
             if g.role == .leader || lastRoles[i] == .leader {
@@ -364,7 +416,7 @@ actor Replication {
             changed = true
         }
         guard changed else { return }
-        let current = groups.map { PartitionStatus(id: $0.partition, leader: $0.leader, epoch: $0.term, voters: $0.configuration.voters) }
+        let current = groups.map { PartitionStatus(id: $0.partition, leader: $0.leader, epoch: $0.term, voters: $0.configuration.voters, learners: $0.configuration.learners) }
         published.withLock { $0 = current }
     }
 }

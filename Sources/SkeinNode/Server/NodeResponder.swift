@@ -39,6 +39,19 @@ struct NodeResponder: HTTPResponder {
             response = await keyValue.answer(
                 method: request.method, rawKey: path.dropFirst(KeyValueRoutes.prefix.count),
                 body: { try await collectBody(request) }, traceparent: request.headers[.traceparent])
+        } else if path == VoterChanges.clientPath {
+            if request.method == .post {
+                do {
+                    response = await VoterChanges.answer(body: try await collectBody(request), query: query, cluster: system.cluster, renderer: runner.renderer)
+                } catch let error as SkeinError {
+                    response = runner.renderer.render(error)
+                } catch {
+                    response = runner.renderer.render(SkeinError(code: 400, what: "invalid_body", key: path, message: "\(error)"))
+                }
+            } else {
+                response = runner.renderer.render(SkeinError(code: 405, what: "method_not_allowed", key: path, message: "\(path) answers POST"))
+                response.headers[.allow] = "POST"
+            }
         } else if let answer = system.answer(method: request.method, path: path, query: query) {
             response = answer
         } else {

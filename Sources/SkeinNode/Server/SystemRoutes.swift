@@ -61,6 +61,9 @@ struct ClusterView: Codable, Sendable {
         let leader: String?
         let epoch: Int
         let replicas: [String]
+        /// The voters and learners by peer address (the ids `skein voters replace` takes).
+        let voters: [String]
+        let learners: [String]
     }
 
     struct Traffic: Codable, Sendable {
@@ -91,7 +94,7 @@ struct ClusterView: Codable, Sendable {
         }
         partitions = cluster.replication?.status.map { p in
             Partition(id: p.id, leader: p.leader.map { cluster.member(peer: $0)?.name ?? $0 }, epoch: Int(p.epoch),
-                      replicas: p.voters.map { cluster.member(peer: $0)?.name ?? $0 })
+                      replicas: p.voters.map { cluster.member(peer: $0)?.name ?? $0 }, voters: p.voters, learners: p.learners)
         } ?? []
         log = cluster.replication.map { Log(commits: $0.commits.load(ordering: .relaxed), entries: $0.entriesPersisted.load(ordering: .relaxed)) }
         gossip = Traffic(bytesIn: cluster.traffic.bytesIn.load(ordering: .relaxed), bytesOut: cluster.traffic.bytesOut.load(ordering: .relaxed))
