@@ -57,6 +57,8 @@ public struct PartitionWrite: Sendable {
     public var committed: [RaftEntry]
     /// Whether an outgoing snapshot needs the state machine's bytes as of before `committed`.
     public var wantsSnapshotData: Bool
+    /// Whether the write must be fsynced (``RaftReady/mustSync``).
+    public var mustSync: Bool
 
     public init(partition: Int, ready: RaftReady) {
         self.partition = partition
@@ -65,6 +67,7 @@ public struct PartitionWrite: Sendable {
         entries = ready.entries
         committed = ready.committed
         wantsSnapshotData = ready.messages.contains { if case .snapshot = $0.body { true } else { false } }
+        mustSync = ready.mustSync
     }
 }
 
@@ -73,7 +76,8 @@ public struct PartitionWrite: Sendable {
 /// materialized by applying committed entries.
 ///
 /// Every ``commit(_:)`` is one transaction — one fsync (`synchronous=FULL`) — for all the
-/// partitions' writes gathered meanwhile: that is the group commit. An entry is applied in
+/// partitions' writes gathered meanwhile: that is the group commit. (A commit that only
+/// applies entries skips the fsync; the log it applies from is durable already.) An entry is applied in
 /// the same transaction as its apply index, and only if it is the next index and its epoch
 /// (term) is not older than the last applied one; otherwise the transaction fails and nothing
 /// is written.
@@ -130,31 +134,40 @@ public final class PartitionStore: Sendable {
     /// Persists and applies one group commit. Returns the snapshot bytes asked for (taken
     /// before that partition's entries were applied) and what each applied entry did.
     public func commit(_ writes: [PartitionWrite]) async throws -> (snapshots: [Int: [UInt8]], applied: [AppliedEntry]) {
-        try await database.pool.write { db in
+        let sync = writes.contains(where: \.mustSync)
+        return try await database.pool.writeWithoutTransaction { db in
+            // A write that only applies entries and moves commit indexes skips the fsync: losing
+            // it to a power cut only means re-applying from the (durable) log. The WAL keeps
+            // transactions in order, so a later fsynced one makes this one durable too.
+            if !sync { try db.execute(sql: "PRAGMA synchronous = OFF") }
+            defer { if !sync { try? db.execute(sql: "PRAGMA synchronous = FULL") } }
             var snapshots: [Int: [UInt8]] = [:]
             var applied: [AppliedEntry] = []
-            for w in writes {
-                try Self.ensureState(db, w.partition)
-                if let h = w.hardState {
-                    try db.execute(sql: "UPDATE raft_state SET term = ?, vote = ?, commit_index = ? WHERE partition = ?",
-                                   arguments: [Int64(h.term), h.vote, Int64(h.commit), w.partition])
-                }
-                if let s = w.snapshot {
-                    try Self.install(db, partition: w.partition, meta: s.meta, data: s.data)
-                }
-                if let first = w.entries.first?.index {
-                    try db.execute(sql: "DELETE FROM raft_log WHERE partition = ? AND idx >= ?", arguments: [w.partition, Int64(first)])
-                    let insert = try db.cachedStatement(sql: "INSERT INTO raft_log (partition, idx, term, kind, data) VALUES (?, ?, ?, ?, ?)")
-                    for e in w.entries {
-                        try insert.execute(arguments: [w.partition, Int64(e.index), Int64(e.term), Int64(e.kind.rawValue), Data(e.data)])
+            try db.inTransaction {
+                for w in writes {
+                    try Self.ensureState(db, w.partition)
+                    if let h = w.hardState {
+                        try db.execute(sql: "UPDATE raft_state SET term = ?, vote = ?, commit_index = ? WHERE partition = ?",
+                                       arguments: [Int64(h.term), h.vote, Int64(h.commit), w.partition])
+                    }
+                    if let s = w.snapshot {
+                        try Self.install(db, partition: w.partition, meta: s.meta, data: s.data)
+                    }
+                    if let first = w.entries.first?.index {
+                        try db.execute(sql: "DELETE FROM raft_log WHERE partition = ? AND idx >= ?", arguments: [w.partition, Int64(first)])
+                        let insert = try db.cachedStatement(sql: "INSERT INTO raft_log (partition, idx, term, kind, data) VALUES (?, ?, ?, ?, ?)")
+                        for e in w.entries {
+                            try insert.execute(arguments: [w.partition, Int64(e.index), Int64(e.term), Int64(e.kind.rawValue), Data(e.data)])
+                        }
+                    }
+                    if w.wantsSnapshotData {
+                        snapshots[w.partition] = try Self.stateBytes(db, partition: w.partition)
+                    }
+                    if !w.committed.isEmpty {
+                        applied += try Self.apply(db, partition: w.partition, entries: w.committed)
                     }
                 }
-                if w.wantsSnapshotData {
-                    snapshots[w.partition] = try Self.stateBytes(db, partition: w.partition)
-                }
-                if !w.committed.isEmpty {
-                    applied += try Self.apply(db, partition: w.partition, entries: w.committed)
-                }
+                return .commit
             }
             return (snapshots, applied)
         }

@@ -359,6 +359,7 @@ public final class Raft {
         precondition(readyInFlight == nil, "ready() before advance()")
         var r = RaftReady()
         if hardState != persistedHardState { r.hardState = hardState }
+        r.mustSync = hardState.term != persistedHardState.term || hardState.vote != persistedHardState.vote
         var snapshotIndex: UInt64?
         if let s = pendingSnapshot {
             r.snapshot = s
@@ -371,6 +372,7 @@ public final class Raft {
             lastEntry = log.lastIndex
             unstableFrom = log.lastIndex + 1
         }
+        r.mustSync = r.mustSync || r.snapshot != nil || !r.entries.isEmpty
         r.messages = messages
         messages = []
         let applyTo = min(commit, log.lastIndex)

@@ -152,6 +152,11 @@ public struct RaftReady: Sendable {
     public var entries: [RaftEntry] = []
     public var messages: [RaftMessage] = []
     public var committed: [RaftEntry] = []
+    /// Whether this ready must be fsynced before its messages leave: it has entries, a
+    /// snapshot, or a new term or vote. A ready that only advances the commit index and applies
+    /// entries need not be (the log it applies from is already durable; after a crash the
+    /// state machine re-applies from it).
+    public var mustSync: Bool = false
 
     public var isEmpty: Bool {
         hardState == nil && snapshot == nil && entries.isEmpty && messages.isEmpty && committed.isEmpty

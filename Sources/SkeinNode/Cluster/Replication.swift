@@ -67,6 +67,16 @@ actor Replication {
     private var waiters: [WaiterKey: Waiter] = [:]
     private var outbox: [RaftNodeID: [RaftMessage]] = [:]
     private var sending: Set<RaftNodeID> = []
+    /// Completed group commits, and peers' requests waiting for one to carry their answers.
+    private var commitRounds = 0
+    private var inlineWaiters: [InlineWaiter] = []
+
+    struct InlineWaiter {
+        var round: Int
+        var peer: RaftNodeID
+        var replies: [RaftMessage]
+        var continuation: CheckedContinuation<[RaftMessage], Never>
+    }
     private let published: Mutex<[PartitionStatus]>
     /// Group commits (one SQLite transaction and fsync each) and entries they persisted, for
     /// `/v1/cluster` and the benchmark's fsyncs-per-write figure.
@@ -127,21 +137,54 @@ actor Replication {
         }
         for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.timedOut(partition: 0)) }
         waiters = [:]
+        answerInlineWaiters(all: true)
     }
 
     /// Every partition's leader and epoch, as last published.
     nonisolated var status: [PartitionStatus] { published.withLock { $0 } }
 
-    /// Steps a batch from a peer. Returns the messages for that peer that need no fsync
-    /// (heartbeat answers, mostly): they ride back in the HTTP answer instead of a request of
-    /// their own.
+    /// Steps a batch from a peer and returns the messages for that peer to carry back in
+    /// the HTTP answer. When the batch needs this node's disk (appends, a snapshot, a vote),
+    /// the answer waits for the group commit that makes it durable and carries the
+    /// acknowledgements, so they need no request of their own; heartbeat answers come back at once.
     @discardableResult
-    func receive(_ batch: RaftBatch, answerInline: Bool = true) -> [RaftMessage] {
+    func receive(_ batch: RaftBatch, answerInline: Bool = true) async -> [RaftMessage] {
         let t = now
+        var stepped = Set<Int>()
         for m in batch.messages where m.to == me {
             groups[m.partition].step(m, now: t)
+            stepped.insert(m.partition)
         }
-        return pump(replyTo: answerInline ? batch.from : nil)
+        let wasWriting = writing
+        let replies = pump(replyTo: answerInline ? batch.from : nil)
+        guard answerInline, failed == nil else { return replies }
+        let round: Int
+        if wasWriting {
+            // What the batch asked for goes into the next group commit, if anything.
+            guard stepped.contains(where: { groups[$0].readyNeedsStorage }) else { return replies }
+            round = commitRounds + 2
+        } else {
+            guard writing else { return replies }
+            round = commitRounds + 1
+        }
+        return await withCheckedContinuation { continuation in
+            inlineWaiters.append(InlineWaiter(round: round, peer: batch.from, replies: replies, continuation: continuation))
+        }
+    }
+
+    /// Answers the peers' requests whose group commit is done (or all of them when nothing
+    /// is being written), with everything queued for them.
+    private func answerInlineWaiters(all: Bool) {
+        guard !inlineWaiters.isEmpty else { return }
+        var waiting: [InlineWaiter] = []
+        for w in inlineWaiters {
+            if all || w.round <= commitRounds {
+                w.continuation.resume(returning: w.replies + (outbox.removeValue(forKey: w.peer) ?? []))
+            } else {
+                waiting.append(w)
+            }
+        }
+        inlineWaiters = waiting
     }
 
     /// Membership declared `peer` dead: its partitions elect as soon as the vote promises end.
@@ -290,7 +333,10 @@ actor Replication {
             }
             startSending()
         }
-        guard !readies.isEmpty else { return replies }
+        guard !readies.isEmpty else {
+            if !writing { answerInlineWaiters(all: true) }
+            return replies
+        }
         writing = true
         let writes = readies.map { PartitionWrite(partition: $0.0, ready: $0.1) }
         let store = self.store
@@ -307,6 +353,7 @@ actor Replication {
 
     private func committed(_ readies: [(Int, RaftReady)], snapshots: [Int: [UInt8]], applied: [AppliedEntry]) {
         writing = false
+        commitRounds += 1
         commits.add(1, ordering: .relaxed)
         entriesPersisted.add(readies.reduce(0) { $0 + $1.1.entries.count }, ordering: .relaxed)
         for (p, r) in readies {
@@ -330,6 +377,7 @@ actor Replication {
             groups[p].advance(now: t)
             compactIfLong(p)
         }
+        answerInlineWaiters(all: false)
         startSending()
         pump()
     }
@@ -362,6 +410,7 @@ actor Replication {
         logger.critical("the partition log could not be written; this node stops taking part in replication", metadata: ["error": "\(why)"])
         for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.storageFailed(why)) }
         waiters = [:]
+        answerInlineWaiters(all: true)
     }
 
     /// Sends everything queued for `to`, one request at a time, until the queue is empty.
@@ -385,7 +434,7 @@ actor Replication {
                     let answer = try await peers.connection(to: to).post(path: Self.raftPath, body: body)
                     if answer.status == 200 {
                         // Answers that needed no fsync ride back in the response.
-                        receive(try RaftCodec.decode(answer.body), answerInline: false)
+                        await receive(try RaftCodec.decode(answer.body), answerInline: false)
                     } else if answer.status != 204 {
                         logger.warning("peer refused raft messages", metadata: [
                             "peer": "\(to)", "status": "\(answer.status)", "answer": "\(String(decoding: answer.body.prefix(200), as: UTF8.self))"])

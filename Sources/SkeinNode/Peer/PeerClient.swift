@@ -50,6 +50,7 @@ actor PeerConnection {
     /// POSTs `body` to `path` on the peer and returns its answer.
     func post(path: String, body: [UInt8], headers extra: [(String, String)] = []) async throws -> PeerAnswer {
         let multiplexer = try await connected()
+        traffic.requestsOut.add(1, ordering: .relaxed)
         let signature = auth.sign(method: "POST", path: path, body: body)
         let authority = "\(host):\(port)"
         let timeout = callTimeout
@@ -200,6 +201,9 @@ enum PeerLimits {
 final class PeerTraffic: Sendable {
     let bytesIn = Atomic<Int>(0)
     let bytesOut = Atomic<Int>(0)
+    /// Peer requests (HTTP/2 streams) this node made and answered.
+    let requestsOut = Atomic<Int>(0)
+    let requestsIn = Atomic<Int>(0)
 }
 
 /// Counts the bytes that cross a peer connection's socket.

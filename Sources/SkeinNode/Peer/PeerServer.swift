@@ -1,3 +1,4 @@
+import Synchronization
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -45,6 +46,7 @@ struct PeerResponder: HTTPResponder {
 
     func respond(to request: Request, context: Context) async throws -> Hummingbird.Response {
         let path = request.uri.path
+        cluster.traffic.requestsIn.add(1, ordering: .relaxed)
         let body: [UInt8]
         do {
             var buffer = try await request.body.collect(upTo: path == Replication.raftPath ? PeerLimits.maxRaftBody : PeerLimits.maxBody)

@@ -69,6 +69,8 @@ struct ClusterView: Codable, Sendable {
     struct Traffic: Codable, Sendable {
         let bytesIn: Int
         let bytesOut: Int
+        let requestsIn: Int?
+        let requestsOut: Int?
     }
 
     let node: String
@@ -97,7 +99,8 @@ struct ClusterView: Codable, Sendable {
                       replicas: p.voters.map { cluster.member(peer: $0)?.name ?? $0 }, voters: p.voters, learners: p.learners)
         } ?? []
         log = cluster.replication.map { Log(commits: $0.commits.load(ordering: .relaxed), entries: $0.entriesPersisted.load(ordering: .relaxed)) }
-        gossip = Traffic(bytesIn: cluster.traffic.bytesIn.load(ordering: .relaxed), bytesOut: cluster.traffic.bytesOut.load(ordering: .relaxed))
+        gossip = Traffic(bytesIn: cluster.traffic.bytesIn.load(ordering: .relaxed), bytesOut: cluster.traffic.bytesOut.load(ordering: .relaxed),
+                         requestsIn: cluster.traffic.requestsIn.load(ordering: .relaxed), requestsOut: cluster.traffic.requestsOut.load(ordering: .relaxed))
     }
 }
 
