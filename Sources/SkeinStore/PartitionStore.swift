@@ -147,14 +147,14 @@ public final class PartitionStore: Sendable {
                 for w in writes {
                     try Self.ensureState(db, w.partition)
                     if let h = w.hardState {
-                        try db.execute(sql: "UPDATE raft_state SET term = ?, vote = ?, commit_index = ? WHERE partition = ?",
-                                       arguments: [Int64(h.term), h.vote, Int64(h.commit), w.partition])
+                        try db.cachedStatement(sql: "UPDATE raft_state SET term = ?, vote = ?, commit_index = ? WHERE partition = ?")
+                            .execute(arguments: [Int64(h.term), h.vote, Int64(h.commit), w.partition])
                     }
                     if let s = w.snapshot {
                         try Self.install(db, partition: w.partition, meta: s.meta, data: s.data)
                     }
                     if let first = w.entries.first?.index {
-                        try db.execute(sql: "DELETE FROM raft_log WHERE partition = ? AND idx >= ?", arguments: [w.partition, Int64(first)])
+                        try db.cachedStatement(sql: "DELETE FROM raft_log WHERE partition = ? AND idx >= ?").execute(arguments: [w.partition, Int64(first)])
                         let insert = try db.cachedStatement(sql: "INSERT INTO raft_log (partition, idx, term, kind, data) VALUES (?, ?, ?, ?, ?)")
                         for e in w.entries {
                             try insert.execute(arguments: [w.partition, Int64(e.index), Int64(e.term), Int64(e.kind.rawValue), Data(e.data)])
@@ -202,11 +202,11 @@ public final class PartitionStore: Sendable {
     // MARK: - Inside a transaction
 
     static func ensureState(_ db: Database, _ partition: Int) throws {
-        try db.execute(sql: "INSERT OR IGNORE INTO raft_state (partition) VALUES (?)", arguments: [partition])
+        try db.cachedStatement(sql: "INSERT OR IGNORE INTO raft_state (partition) VALUES (?)").execute(arguments: [partition])
     }
 
     static func apply(_ db: Database, partition: Int, entries: [RaftEntry]) throws -> [AppliedEntry] {
-        guard let row = try Row.fetchOne(db, sql: "SELECT applied_index, applied_term FROM raft_state WHERE partition = ?", arguments: [partition]) else {
+        guard let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT applied_index, applied_term FROM raft_state WHERE partition = ?"), arguments: [partition]) else {
             throw PartitionStoreError.applyOutOfOrder(partition: partition, index: entries[0].index, applied: 0)
         }
         var appliedIndex = UInt64(row["applied_index"] as Int64)
@@ -237,8 +237,8 @@ public final class PartitionStore: Sendable {
             appliedTerm = e.term
             results.append(AppliedEntry(partition: partition, index: e.index, term: e.term, existed: existed))
         }
-        try db.execute(sql: "UPDATE raft_state SET applied_index = ?, applied_term = ? WHERE partition = ?",
-                       arguments: [Int64(appliedIndex), Int64(appliedTerm), partition])
+        try db.cachedStatement(sql: "UPDATE raft_state SET applied_index = ?, applied_term = ? WHERE partition = ?")
+            .execute(arguments: [Int64(appliedIndex), Int64(appliedTerm), partition])
         return results
     }
 

@@ -144,6 +144,7 @@ final class ClusterHandle: Sendable {
     private let driver = Mutex<MembershipDriver?>(nil)
     private let advertisedPeer = Mutex<String?>(nil)
     private let replicationDriver = Mutex<Replication?>(nil)
+    private let forwarders = Mutex<[RaftNodeID: KeyValueForwarder]>([:])
 
     init(settings: NodeSettings, generation: UInt64, auth: PeerAuth, logger: Logger) {
         self.settings = settings
@@ -176,6 +177,16 @@ final class ClusterHandle: Sendable {
         logger.info(voters.contains(me) ? "replicating as a voter" : "replicating as a non-voter (not in --seeds): forwarding to leaders",
                     metadata: ["partitions": "\(store.partitions)", "voters": "\(voters.joined(separator: ","))"])
         return created
+    }
+
+    /// The batcher of key-value requests forwarded to `leader`.
+    func forwarder(to leader: RaftNodeID) -> KeyValueForwarder {
+        forwarders.withLock { all in
+            if let existing = all[leader] { return existing }
+            let created = KeyValueForwarder(leader: leader, peers: peers)
+            all[leader] = created
+            return created
+        }
     }
 
     /// The member whose peer address is `peer`, if membership knows one.

@@ -63,7 +63,7 @@ struct PeerResponder: HTTPResponder {
         switch path {
         case Self.membershipPath: break
         case Replication.raftPath: return await raft(body)
-        case KeyValueForwarding.path: return await KeyValueForwarding.serve(body, headers: request.headers, cluster: cluster)
+        case KeyValueForwarding.path: return await KeyValueForwarding.serve(body, cluster: cluster)
         case VoterChanges.peerPath: return await VoterChanges.serve(body, cluster: cluster)
         default: return Self.answer(.notFound, "no peer route \(path)")
         }
