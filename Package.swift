@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "SkeinPipeline", targets: ["SkeinPipeline"]),
         .library(name: "SkeinCluster", targets: ["SkeinCluster"]),
         .library(name: "SkeinStore", targets: ["SkeinStore"]),
+        .library(name: "SkeinWorkflow", targets: ["SkeinWorkflow"]),
         .library(name: "SkeinNode", targets: ["SkeinNode"]),
         .library(name: "SkeinExamples", targets: ["SkeinExamples"]),
         .executable(name: "skein", targets: ["skein"]),
@@ -53,6 +54,14 @@ let package = Package(
         .target(
             name: "SkeinCluster",
             swiftSettings: swiftSettings + optimizedInDebug
+        ),
+        // Pure workflow core: flow builder, definition hash, instance state machine, codec. No I/O.
+        .target(
+            name: "SkeinWorkflow",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
         ),
         // The node's own SQLite database (GRDB, WAL): local key-value and SQL.
         .target(
@@ -137,6 +146,10 @@ let package = Package(
                 .product(name: "HeapModule", package: "swift-collections"),
             ],
             swiftSettings: optimizedInDebug
+        ),
+        .testTarget(
+            name: "SkeinWorkflowTests",
+            dependencies: ["SkeinWorkflow"]
         ),
         .testTarget(
             name: "SkeinNodeTests",

@@ -78,7 +78,7 @@ actor Replication {
         var continuation: CheckedContinuation<[RaftMessage], Never>
     }
     private let published: Mutex<[PartitionStatus]>
-    /// Group commits (one SQLite transaction and fsync each) and entries they persisted, for
+    /// Group commits that fsynced (apply-only ones skip it) and entries they persisted, for
     /// `/v1/cluster` and the benchmark's fsyncs-per-write figure.
     let commits = Atomic<Int>(0)
     let entriesPersisted = Atomic<Int>(0)
@@ -354,7 +354,7 @@ actor Replication {
     private func committed(_ readies: [(Int, RaftReady)], snapshots: [Int: [UInt8]], applied: [AppliedEntry]) {
         writing = false
         commitRounds += 1
-        commits.add(1, ordering: .relaxed)
+        if readies.contains(where: { $0.1.mustSync }) { commits.add(1, ordering: .relaxed) }
         entriesPersisted.add(readies.reduce(0) { $0 + $1.1.entries.count }, ordering: .relaxed)
         for (p, r) in readies {
             for var m in r.messages {

@@ -1,0 +1,139 @@
+import Foundation
+
+/// Where an instance stands (CONTRACT.md's names).
+public enum InstanceStatus: String, Codable, Sendable, CaseIterable {
+    case inProgress = "in_progress"
+    case completed
+    case failed
+    case cancelled
+    case paused
+    case waiting
+    case awaitingSignal = "awaiting_signal"
+
+    public var isTerminal: Bool { self == .completed || self == .failed || self == .cancelled }
+}
+
+/// One active node of an instance: a task waiting to run or running, a sequence's position, a
+/// fork's finished branches, a loop's iteration, a route's choice, a delay's or a signal
+/// wait's wake time. Only active nodes are kept, so a checkpoint's size does not grow with
+/// the instance's history.
+public struct Frame: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable { case task, sequence, fork, join, loop, route, delay, signal }
+
+    public var kind: Kind
+    public var input: Payload?
+    /// Task, join and loop body: the attempt to run next (counted from 1).
+    public var attempt: Int = 1
+    /// A retry's earliest start (milliseconds since 1970), or nil when runnable now.
+    public var notBefore: Int64?
+    /// Sequence: the child being run. Loop: the iteration (from 1).
+    public var index: Int = 0
+    /// Fork: results of the finished branches.
+    public var done: [String: Payload]?
+    /// Route: the branch taken.
+    public var chosen: String?
+    /// Delay: when it ends. Signal: when the wait times out.
+    public var wakeAt: Int64?
+
+    public init(kind: Kind, input: Payload? = nil) {
+        self.kind = kind
+        self.input = input
+    }
+}
+
+/// Everything durable about one instance: what the partition log checkpoints after every
+/// change. It holds the active frames, not the history (completed results and the timeline
+/// are appended elsewhere), so step 5,000 costs what step 10 does.
+public struct InstanceState: Codable, Sendable, Equatable {
+    public var id: String
+    public var workflow: String
+    public var definitionHash: String
+    public var status: InstanceStatus
+    public var input: Payload
+    public var output: Payload?
+    public var error: String?
+    public var frames: [String: Frame]
+    /// Signals sent before anyone waited for them, oldest first, per name.
+    public var signals: [String: [Payload]]
+    public var pauseRequested: Bool
+    public var cancelRequested: Bool
+    public var completedTasks: Int
+    /// The earliest timer (delay end, retry, signal timeout), for `waiting` and the shell.
+    public var wakeAt: Int64?
+    /// The signal awaited, when `awaiting_signal`.
+    public var signalName: String?
+    /// Checkpoints applied so far (the log entry that changes it names the version it follows).
+    public var version: UInt64
+    public var createdAt: Int64
+    public var updatedAt: Int64
+}
+
+/// A task the shell should run now.
+public struct TaskRun: Sendable, Equatable {
+    /// The frame's node id.
+    public let node: String
+    /// What the timeline and the results call it: the node id, or `id#iteration` for a loop body.
+    public let key: String
+    public let attempt: Int
+    public let input: Payload
+    public let timeout: Duration?
+}
+
+/// Something that changes an instance.
+public enum InstanceEvent: Codable, Sendable, Equatable {
+    case taskCompleted(key: String, attempt: Int, output: Payload, durationMs: Int)
+    case taskFailed(key: String, attempt: Int, error: String, durationMs: Int)
+    /// Time passed (delays end, retries become due, signal waits time out).
+    case timer
+    case signal(name: String, payload: Payload)
+    case cancel(reason: String?)
+    case pause(reason: String?)
+    case unpause
+    case resume
+}
+
+/// A line of an instance's timeline as the core sees it; the shell adds the node and epoch.
+public struct TimelineEntry: Codable, Sendable, Equatable {
+    public var at: Int64
+    public var kind: String
+    public var task: String?
+    public var attempt: Int?
+    public var durationMs: Int?
+    public var detail: String?
+
+    public init(at: Int64, kind: String, task: String? = nil, attempt: Int? = nil, durationMs: Int? = nil, detail: String? = nil) {
+        self.at = at
+        self.kind = kind
+        self.task = task
+        self.attempt = attempt
+        self.durationMs = durationMs
+        self.detail = detail
+    }
+}
+
+/// The outcome of one event: the next state, the task results to keep, timeline lines, and
+/// whether anything changed at all (a late result of an abandoned attempt changes nothing).
+public struct Transition: Sendable, Equatable {
+    public var state: InstanceState
+    public var results: [String: Payload] = [:]
+    public var timeline: [TimelineEntry] = []
+    public var changed: Bool = true
+    /// Why the event was refused (e.g. pausing a completed instance), if it was.
+    public var refused: String?
+}
+
+/// What `run` does when the id is taken.
+public enum ConflictPolicy: String, Codable, Sendable {
+    case fail
+    case useExisting
+    case terminateExisting
+}
+
+public enum StartDecision: Sendable, Equatable {
+    /// Start a fresh instance (none existed, or the old one is to be replaced).
+    case start
+    /// Answer with the existing instance's status; do nothing.
+    case existing
+    /// Refuse (the reason says why).
+    case conflict(String)
+}
