@@ -80,6 +80,7 @@ let package = Package(
                 "SkeinPipeline",
                 "SkeinCluster",
                 "SkeinStore",
+                "SkeinWorkflow",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdHTTP2", package: "hummingbird"),
@@ -106,7 +107,13 @@ let package = Package(
         // Applications built on the library, bundled into `skein node`.
         .target(
             name: "SkeinExamples",
-            dependencies: ["SkeinPipeline"],
+            dependencies: [
+                "SkeinPipeline",
+                "SkeinWorkflow",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             path: "examples",
             swiftSettings: swiftSettings
         ),

@@ -11,6 +11,7 @@ import ServiceLifecycle
 import SkeinCluster
 import SkeinPipeline
 import SkeinStore
+import SkeinWorkflow
 import Tracing
 
 /// One Skein node: its storage, its client port (HTTP/1.1 and h2c on one port) and the
@@ -27,11 +28,12 @@ public final class SkeinNode: Service, Sendable {
     let readiness = Readiness()
     let cluster: ClusterHandle
     let onServing: @Sendable (Int) async -> Void
+    let workflows: [Workflow]
 
     /// Opens storage and builds and validates every route. Throws a ``NodeStartError`` with one
     /// line a person can act on.
     public init(
-        settings: NodeSettings, applications: [any SkeinApplication], logger: Logger? = nil,
+        settings: NodeSettings, applications: [any SkeinApplication], workflows: [Workflow] = [], logger: Logger? = nil,
         tracer: (any Tracer)? = nil, onServing: @escaping @Sendable (_ port: Int) async -> Void = { _ in }
     ) throws(NodeStartError) {
         self.settings = settings
@@ -41,6 +43,7 @@ public final class SkeinNode: Service, Sendable {
         self.logger = logger
         self.tracer = tracer ?? InstrumentationSystem.tracer
         self.onServing = onServing
+        self.workflows = workflows
         do {
             database = try NodeDatabase(directory: settings.data)
             partitions = try PartitionStore(database: database, partitions: settings.partitions)
@@ -132,15 +135,18 @@ public final class SkeinNode: Service, Sendable {
                     }
                 }
                 let partitions = self.partitions
+                let workflows = self.workflows
                 group.addTask {
                     for await port in peerPorts {
                         let driver = cluster.start(peerPort: port)
                         let replication = try cluster.startReplication(store: partitions)
                         await driver.setOnDown { peer in Task { await replication.peerIsDown(peer) } }
+                        let engine = cluster.startWorkflows(workflows, replication: replication)
                         await cancelWhenGracefulShutdown {
                             await withTaskGroup(of: Void.self) { parts in
                                 parts.addTask { await driver.run() }
                                 parts.addTask { await replication.run() }
+                                parts.addTask { await engine.run() }
                             }
                         }
                         // Leaving must not be cut short by the cancellation that stopped the loop.

@@ -82,6 +82,38 @@ public final class NodeDatabase: Sendable {
                 CREATE INDEX rkv_partition ON rkv (partition, key);
                 """)
         }
+        migrator.registerMigration("v3: workflows") { db in
+            try db.execute(sql: """
+                CREATE TABLE wf_instances (
+                    id TEXT PRIMARY KEY NOT NULL,
+                    partition INTEGER NOT NULL,
+                    workflow TEXT NOT NULL,
+                    status TEXT NOT NULL,
+                    wake_at INTEGER,
+                    version INTEGER NOT NULL,
+                    epoch INTEGER NOT NULL,
+                    state BLOB NOT NULL,
+                    updated_at INTEGER NOT NULL
+                ) WITHOUT ROWID;
+                CREATE INDEX wf_instances_partition ON wf_instances (partition, status);
+                CREATE TABLE wf_results (
+                    instance TEXT NOT NULL,
+                    key TEXT NOT NULL,
+                    partition INTEGER NOT NULL,
+                    value BLOB NOT NULL,
+                    PRIMARY KEY (instance, key)
+                ) WITHOUT ROWID;
+                CREATE INDEX wf_results_partition ON wf_results (partition);
+                CREATE TABLE wf_timeline (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    instance TEXT NOT NULL,
+                    partition INTEGER NOT NULL,
+                    entry BLOB NOT NULL
+                );
+                CREATE INDEX wf_timeline_instance ON wf_timeline (instance, seq);
+                CREATE INDEX wf_timeline_partition ON wf_timeline (partition);
+                """)
+        }
         return migrator
     }
 

@@ -2,16 +2,44 @@ public import Foundation
 import GRDB
 public import SkeinCluster
 
-/// A command of the replicated key-value store: the bytes of a log entry.
-public enum KVCommand: Sendable, Equatable {
+/// A change to one workflow instance, as the partition log carries it: the instance's new
+/// state (opaque JSON to the store; the workflow core reads it), the results of the tasks it
+/// just completed, and lines for its timeline. It applies only on top of `baseVersion` (a
+/// change computed from an older state is refused as a conflict) unless it `replace`s.
+public struct InstanceChange: Sendable, Equatable {
+    public var id: String
+    public var workflow: String
+    public var status: String
+    public var wakeAt: Int64?
+    public var baseVersion: UInt64
+    public var version: UInt64
+    public var replace: Bool
+    public var state: [UInt8]
+    public var results: [String: [UInt8]]
+    public var timeline: [[UInt8]]
+
+    public init(id: String, workflow: String, status: String, wakeAt: Int64?, baseVersion: UInt64, version: UInt64, replace: Bool,
+                state: [UInt8], results: [String: [UInt8]], timeline: [[UInt8]]) {
+        self.id = id
+        self.workflow = workflow
+        self.status = status
+        self.wakeAt = wakeAt
+        self.baseVersion = baseVersion
+        self.version = version
+        self.replace = replace
+        self.state = state
+        self.results = results
+        self.timeline = timeline
+    }
+}
+
+/// A command of a partition's log: a key-value write, or a workflow instance's checkpoint.
+public enum PartitionCommand: Sendable, Equatable {
     case put(key: String, value: [UInt8])
     case delete(key: String)
-
-    public var key: String {
-        switch self {
-        case .put(let key, _), .delete(let key): key
-        }
-    }
+    case instance(InstanceChange)
+    /// Timeline lines that change no state (a task attempt starting, an adoption).
+    case timeline(instance: String, entries: [[UInt8]])
 
     public func encode() -> [UInt8] {
         var w = WireWriter()
@@ -20,17 +48,50 @@ public enum KVCommand: Sendable, Equatable {
             w.byte(1); w.string(key, max: 1 << 16); w.blob(value)
         case .delete(let key):
             w.byte(2); w.string(key, max: 1 << 16)
+        case .instance(let c):
+            w.byte(3)
+            w.string(c.id, max: 1 << 16); w.string(c.workflow, max: 1 << 16); w.string(c.status)
+            if let at = c.wakeAt { w.byte(1); w.varint(UInt64(bitPattern: at)) } else { w.byte(0) }
+            w.varint(c.baseVersion); w.varint(c.version); w.byte(c.replace ? 1 : 0)
+            w.blob(c.state)
+            w.varint(UInt64(c.results.count))
+            for key in c.results.keys.sorted() { w.string(key, max: 1 << 16); w.blob(c.results[key]!) }
+            w.varint(UInt64(c.timeline.count))
+            for line in c.timeline { w.blob(line) }
+        case .timeline(let id, let entries):
+            w.byte(4); w.string(id, max: 1 << 16)
+            w.varint(UInt64(entries.count))
+            for line in entries { w.blob(line) }
         }
         return w.bytes
     }
 
-    public static func decode(_ bytes: [UInt8]) -> KVCommand? {
+    public static func decode(_ bytes: [UInt8]) -> PartitionCommand? {
         var r = WireReader(bytes: bytes)
         do {
-            let command: KVCommand
+            let command: PartitionCommand
             switch try r.byte("op") {
             case 1: command = .put(key: try r.string("key", max: 1 << 16), value: try r.blob("value", max: RaftCodec.maxPayload))
             case 2: command = .delete(key: try r.string("key", max: 1 << 16))
+            case 3:
+                let id = try r.string("id", max: 1 << 16), workflow = try r.string("workflow", max: 1 << 16), status = try r.string("status")
+                let wakeAt: Int64? = try r.byte("wake flag") == 1 ? Int64(bitPattern: try r.varint("wake")) : nil
+                let base = try r.varint("base"), version = try r.varint("version"), replace = try r.byte("replace") == 1
+                let state = try r.blob("state", max: RaftCodec.maxPayload)
+                var results: [String: [UInt8]] = [:]
+                for _ in 0..<(try r.count("results", max: 1 << 20)) {
+                    let key = try r.string("result key", max: 1 << 16)
+                    results[key] = try r.blob("result", max: RaftCodec.maxPayload)
+                }
+                var timeline: [[UInt8]] = []
+                for _ in 0..<(try r.count("timeline", max: 1 << 20)) { timeline.append(try r.blob("line", max: RaftCodec.maxPayload)) }
+                command = .instance(InstanceChange(id: id, workflow: workflow, status: status, wakeAt: wakeAt, baseVersion: base, version: version,
+                                                   replace: replace, state: state, results: results, timeline: timeline))
+            case 4:
+                let id = try r.string("id", max: 1 << 16)
+                var lines: [[UInt8]] = []
+                for _ in 0..<(try r.count("timeline", max: 1 << 20)) { lines.append(try r.blob("line", max: RaftCodec.maxPayload)) }
+                command = .timeline(instance: id, entries: lines)
             default: return nil
             }
             return r.atEnd ? command : nil
@@ -46,6 +107,8 @@ public struct AppliedEntry: Sendable {
     public var index: UInt64
     public var term: UInt64
     public var existed: Bool
+    /// An instance change refused because the instance moved on (or exists) meanwhile.
+    public var conflict: Bool = false
 }
 
 /// One partition's share of a group commit: what its ``RaftReady`` asks to persist and apply.
@@ -183,6 +246,51 @@ public final class PartitionStore: Sendable {
         }
     }
 
+    /// A workflow instance as applied here: its state JSON, the epoch that last changed it.
+    public struct StoredInstance: Sendable {
+        public var id: String
+        public var status: String
+        public var wakeAt: Int64?
+        public var version: UInt64
+        public var epoch: UInt64
+        public var state: [UInt8]
+    }
+
+    public func instance(_ id: String) async throws -> StoredInstance? {
+        try await database.pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM wf_instances WHERE id = ?", arguments: [id]).map(Self.storedInstance)
+        }
+    }
+
+    /// The instances of `partition`, unfinished ones only when `unfinished`, or those with
+    /// `status`; at most `limit`, by id.
+    public func instances(partition: Int, unfinished: Bool = false, status: String? = nil, limit: Int = Int.max) async throws -> [StoredInstance] {
+        try await database.pool.read { db in
+            var sql = "SELECT * FROM wf_instances WHERE partition = ?"
+            var arguments: StatementArguments = [partition]
+            if unfinished { sql += " AND status NOT IN ('completed', 'failed', 'cancelled')" }
+            if let status {
+                sql += " AND status = ?"
+                arguments += [status]
+            }
+            sql += " ORDER BY id LIMIT ?"
+            arguments += [Int64(min(limit, Int(Int64.max)))]
+            return try Row.fetchAll(db, sql: sql, arguments: arguments).map(Self.storedInstance)
+        }
+    }
+
+    /// An instance's timeline lines (JSON objects), oldest first.
+    public func timeline(_ id: String) async throws -> [[UInt8]] {
+        try await database.pool.read { db in
+            try Data.fetchAll(db, sql: "SELECT entry FROM wf_timeline WHERE instance = ? ORDER BY seq", arguments: [id]).map { Array($0) }
+        }
+    }
+
+    static func storedInstance(_ row: Row) -> StoredInstance {
+        StoredInstance(id: row["id"], status: row["status"], wakeAt: row["wake_at"], version: UInt64(row["version"] as Int64),
+                       epoch: UInt64(row["epoch"] as Int64), state: Array(row["state"] as Data))
+    }
+
     /// A key's value in the materialized table (what this node has applied).
     public func value(for key: String) async throws -> [UInt8]? {
         try await database.pool.read { db in
@@ -205,6 +313,34 @@ public final class PartitionStore: Sendable {
         try db.cachedStatement(sql: "INSERT OR IGNORE INTO raft_state (partition) VALUES (?)").execute(arguments: [partition])
     }
 
+    /// Writes an instance change unless it conflicts (returns false then, writing nothing).
+    static func applyInstance(_ db: Database, partition: Int, epoch: UInt64, _ c: InstanceChange) throws -> Bool {
+        let current = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT version FROM wf_instances WHERE id = ?"), arguments: [c.id])
+        if c.replace {
+            if current != nil {
+                try db.cachedStatement(sql: "DELETE FROM wf_results WHERE instance = ?").execute(arguments: [c.id])
+                try db.cachedStatement(sql: "DELETE FROM wf_timeline WHERE instance = ?").execute(arguments: [c.id])
+            }
+        } else if c.baseVersion == 0 ? current != nil : current.map({ UInt64($0) }) != c.baseVersion {
+            return false
+        }
+        try db.cachedStatement(sql: """
+            INSERT INTO wf_instances (id, partition, workflow, status, wake_at, version, epoch, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT(id) DO UPDATE SET partition = excluded.partition, workflow = excluded.workflow, status = excluded.status,
+                wake_at = excluded.wake_at, version = excluded.version, epoch = excluded.epoch, state = excluded.state, updated_at = excluded.updated_at
+            """).execute(arguments: [c.id, partition, c.workflow, c.status, c.wakeAt, Int64(c.version), Int64(epoch), Data(c.state),
+                                     Int64(Date().timeIntervalSince1970 * 1000)])
+        let result = try db.cachedStatement(sql: "INSERT OR REPLACE INTO wf_results (instance, key, partition, value) VALUES (?, ?, ?, ?)")
+        for (key, value) in c.results { try result.execute(arguments: [c.id, key, partition, Data(value)]) }
+        try appendTimeline(db, partition: partition, instance: c.id, c.timeline)
+        return true
+    }
+
+    static func appendTimeline(_ db: Database, partition: Int, instance: String, _ lines: [[UInt8]]) throws {
+        let insert = try db.cachedStatement(sql: "INSERT INTO wf_timeline (instance, partition, entry) VALUES (?, ?, ?)")
+        for line in lines { try insert.execute(arguments: [instance, partition, Data(line)]) }
+    }
+
     static func apply(_ db: Database, partition: Int, entries: [RaftEntry]) throws -> [AppliedEntry] {
         guard let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT applied_index, applied_term FROM raft_state WHERE partition = ?"), arguments: [partition]) else {
             throw PartitionStoreError.applyOutOfOrder(partition: partition, index: entries[0].index, applied: 0)
@@ -224,18 +360,25 @@ public final class PartitionStore: Sendable {
                 throw PartitionStoreError.staleEpoch(partition: partition, index: e.index, epoch: e.term, applied: appliedTerm)
             }
             var existed = false
-            if e.kind == .command, let command = KVCommand.decode(e.data) {
+            var conflict = false
+            if e.kind == .command, let command = PartitionCommand.decode(e.data) {
                 switch command {
                 case .put(let key, let value):
                     try put.execute(arguments: [key, partition, Data(value)])
                 case .delete(let key):
                     try delete.execute(arguments: [key])
                     existed = db.changesCount > 0
+                case .instance(let change):
+                    conflict = !(try applyInstance(db, partition: partition, epoch: e.term, change))
+                case .timeline(let id, let lines):
+                    if try Int64.fetchOne(try db.cachedStatement(sql: "SELECT version FROM wf_instances WHERE id = ?"), arguments: [id]) != nil {
+                        try appendTimeline(db, partition: partition, instance: id, lines)
+                    }
                 }
             }
             appliedIndex = e.index
             appliedTerm = e.term
-            results.append(AppliedEntry(partition: partition, index: e.index, term: e.term, existed: existed))
+            results.append(AppliedEntry(partition: partition, index: e.index, term: e.term, existed: existed, conflict: conflict))
         }
         try db.cachedStatement(sql: "UPDATE raft_state SET applied_index = ?, applied_term = ? WHERE partition = ?")
             .execute(arguments: [Int64(appliedIndex), Int64(appliedTerm), partition])
@@ -251,6 +394,30 @@ public final class PartitionStore: Sendable {
             let key = try r.string("key", max: 1 << 16)
             let value = try r.blob("value", max: RaftCodec.maxPayload)
             try insert.execute(arguments: [key, partition, Data(value)])
+        }
+        try db.execute(sql: "DELETE FROM wf_instances WHERE partition = ?", arguments: [partition])
+        try db.execute(sql: "DELETE FROM wf_results WHERE partition = ?", arguments: [partition])
+        try db.execute(sql: "DELETE FROM wf_timeline WHERE partition = ?", arguments: [partition])
+        if !r.atEnd {
+            // Workflow instances, their results and timelines (absent from older snapshots).
+            let instance = try db.cachedStatement(sql: "INSERT INTO wf_instances (id, partition, workflow, status, wake_at, version, epoch, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            for _ in 0..<(try r.count("instances", max: Int.max)) {
+                let id = try r.string("id", max: 1 << 16), workflow = try r.string("workflow", max: 1 << 16), status = try r.string("status")
+                let wake: Int64? = try r.byte("wake flag") == 1 ? Int64(bitPattern: try r.varint("wake")) : nil
+                let version = Int64(try r.varint("version")), epoch = Int64(try r.varint("epoch"))
+                let state = try r.blob("state", max: RaftCodec.maxPayload)
+                let updated = Int64(bitPattern: try r.varint("updated"))
+                try instance.execute(arguments: [id, partition, workflow, status, wake, version, epoch, Data(state), updated])
+            }
+            let result = try db.cachedStatement(sql: "INSERT INTO wf_results (instance, key, partition, value) VALUES (?, ?, ?, ?)")
+            for _ in 0..<(try r.count("results", max: Int.max)) {
+                try result.execute(arguments: [try r.string("instance", max: 1 << 16), try r.string("key", max: 1 << 16), partition,
+                                                Data(try r.blob("value", max: RaftCodec.maxPayload))])
+            }
+            for _ in 0..<(try r.count("timeline", max: Int.max)) {
+                let id = try r.string("instance", max: 1 << 16)
+                try appendTimeline(db, partition: partition, instance: id, [try r.blob("line", max: RaftCodec.maxPayload)])
+            }
         }
         guard r.atEnd else { throw WireError("snapshot has trailing bytes") }
         try db.execute(sql: "DELETE FROM raft_log WHERE partition = ?", arguments: [partition])
@@ -269,6 +436,21 @@ public final class PartitionStore: Sendable {
             w.string(row["key"] as String, max: 1 << 16)
             w.blob(Array(row["value"] as Data))
         }
+        let instances = try Row.fetchAll(db, sql: "SELECT * FROM wf_instances WHERE partition = ? ORDER BY id", arguments: [partition])
+        w.varint(UInt64(instances.count))
+        for row in instances {
+            w.string(row["id"], max: 1 << 16); w.string(row["workflow"], max: 1 << 16); w.string(row["status"])
+            if let wake = row["wake_at"] as Int64? { w.byte(1); w.varint(UInt64(bitPattern: wake)) } else { w.byte(0) }
+            w.varint(UInt64(row["version"] as Int64)); w.varint(UInt64(row["epoch"] as Int64))
+            w.blob(Array(row["state"] as Data))
+            w.varint(UInt64(bitPattern: row["updated_at"] as Int64))
+        }
+        let results = try Row.fetchAll(db, sql: "SELECT instance, key, value FROM wf_results WHERE partition = ? ORDER BY instance, key", arguments: [partition])
+        w.varint(UInt64(results.count))
+        for row in results { w.string(row["instance"], max: 1 << 16); w.string(row["key"], max: 1 << 16); w.blob(Array(row["value"] as Data)) }
+        let timeline = try Row.fetchAll(db, sql: "SELECT instance, entry FROM wf_timeline WHERE partition = ? ORDER BY seq", arguments: [partition])
+        w.varint(UInt64(timeline.count))
+        for row in timeline { w.string(row["instance"], max: 1 << 16); w.blob(Array(row["entry"] as Data)) }
         return w.bytes
     }
 }

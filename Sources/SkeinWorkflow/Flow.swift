@@ -94,8 +94,19 @@ public indirect enum FlowNode: Sendable {
     case fork(id: String, branches: [Branch], join: TaskNode)
     case loop(LoopNode)
     case route(RouteNode)
-    case delay(id: String, Duration)
-    case signal(id: String, name: String, timeout: Duration?)
+    case delay(id: String, DurationSpec)
+    case signal(id: String, name: String, timeout: DurationSpec?)
+    /// A fork over a number of copies of one task decided by the value (`id[i]` each).
+    case map(MapNode)
+
+    public struct MapNode: Sendable {
+        public var id: String
+        public var options: TaskOptions
+        public var count: @Sendable (Payload) throws -> Int
+        /// Receives `{"index": i, "value": v}`.
+        public var body: TaskBody
+        public var join: TaskNode
+    }
 
     public struct TaskNode: Sendable {
         public var id: String
@@ -129,8 +140,20 @@ public indirect enum FlowNode: Sendable {
         case .sequence(let id, _), .fork(let id, _, _), .delay(let id, _), .signal(let id, _, _): id
         case .loop(let l): l.id
         case .route(let r): r.id
+        case .map(let m): m.id
         }
     }
+}
+
+/// A duration fixed in the flow, or computed from the value when the node is reached (and
+/// then kept in the checkpoint).
+public struct DurationSpec: Sendable {
+    let fixed: Duration?
+    let compute: @Sendable (Payload) throws -> Duration?
+
+    public static func fixed(_ d: Duration) -> DurationSpec { DurationSpec(fixed: d, compute: { _ in d }) }
+
+    var canonical: String { fixed.map { "\($0.milliseconds)ms" } ?? "computed" }
 }
 
 /// Why a flow cannot be built.
@@ -193,13 +216,34 @@ public struct Flow<Input: Codable & Sendable, Output: Codable & Sendable>: Senda
 
     /// Waits `duration` durably (the wake time is in the checkpoint), passing the value on.
     public func delay(_ id: String, _ duration: Duration) -> Flow<Input, Output> {
-        adding(.delay(id: id, duration), problem: duration >= .zero ? nil : "delay \(id) is negative")
+        adding(.delay(id: id, .fixed(duration)), problem: duration >= .zero ? nil : "delay \(id) is negative")
+    }
+
+    /// A durable delay whose length comes from the value (computed once, when reached).
+    public func delay(_ id: String, _ duration: @escaping @Sendable (Output) throws -> Duration) -> Flow<Input, Output> {
+        adding(.delay(id: id, DurationSpec(fixed: nil, compute: { try duration(try WorkflowCodec.decode(Output.self, from: $0)) })))
     }
 
     /// Waits for the signal `name` and goes on with its payload (nil when `timeout` passes
     /// first). A signal sent before the instance waits is kept and consumed in order.
     public func waitForSignal<Payload: Codable & Sendable>(_ id: String, _ name: String, as: Payload.Type, timeout: Duration? = nil) -> Flow<Input, Payload?> {
-        adding(.signal(id: id, name: name, timeout: timeout), problem: name.isEmpty ? "signal \(id) has an empty name" : nil)
+        adding(.signal(id: id, name: name, timeout: timeout.map { .fixed($0) }), problem: name.isEmpty ? "signal \(id) has an empty name" : nil)
+    }
+
+    /// Waits for a signal with a timeout computed from the value (nil: no timeout).
+    public func waitForSignal<Payload: Codable & Sendable>(_ id: String, _ name: String, as: Payload.Type,
+                                                           timeout: @escaping @Sendable (Output) throws -> Duration?) -> Flow<Input, Payload?> {
+        adding(.signal(id: id, name: name, timeout: DurationSpec(fixed: nil, compute: { try timeout(try WorkflowCodec.decode(Output.self, from: $0)) })),
+               problem: name.isEmpty ? "signal \(id) has an empty name" : nil)
+    }
+
+    /// Runs `count(value)` copies of one task at once (copy i gets `i` and the value), then
+    /// joins their results (by index: `results.value("0", …)`, or `ordered`).
+    public func fanOut<Item: Codable & Sendable>(_ id: String, count: @escaping @Sendable (Output) throws -> Int, _ options: TaskOptions = TaskOptions(),
+                                                 _ body: @escaping @Sendable (Int, Output) async throws -> Item) -> FanOutStage<Input, Output> {
+        FanOutStage(flow: self, id: id, options: options,
+                    count: { try count(try WorkflowCodec.decode(Output.self, from: $0)) },
+                    body: Flow<FanOutItem<Output>, FanOutItem<Output>>.erase { (item: FanOutItem<Output>, _) in try await body(item.index, item.value) })
     }
 
     /// Runs another flow here, inline (its ids are prefixed with `id/`).
@@ -219,6 +263,7 @@ public struct Flow<Input: Codable & Sendable, Output: Codable & Sendable>: Senda
         Workflow.walk(root) { node in
             if !seen.insert(node.id).inserted { duplicates.append(node.id) }
             if case .fork(_, _, let join) = node, !seen.insert(join.id).inserted { duplicates.append(join.id) }
+            if case .map(let m) = node, !seen.insert(m.join.id).inserted { duplicates.append(m.join.id) }
         }
         if let d = duplicates.first { throw FlowError("workflow \(name): duplicate id \"\(d)\"") }
         return Workflow(name: name, root: root)
@@ -246,6 +291,7 @@ public struct Flow<Input: Codable & Sendable, Output: Codable & Sendable>: Senda
             return .route(r)
         case .delay(let id, let d): return .delay(id: prefix + id, d)
         case .signal(let id, let name, let timeout): return .signal(id: prefix + id, name: name, timeout: timeout)
+        case .map(var m): m.id = prefix + m.id; m.join.id = prefix + m.join.id; return .map(m)
         }
     }
 }
@@ -378,5 +424,34 @@ extension Duration {
     var milliseconds: Int64 {
         let (s, atto) = components
         return s * 1000 + atto / 1_000_000_000_000_000
+    }
+}
+
+/// What a fan-out copy receives.
+public struct FanOutItem<Value: Codable & Sendable>: Codable, Sendable {
+    public var index: Int
+    public var value: Value
+}
+
+/// The result of `fanOut(...)`: name the join.
+public struct FanOutStage<Input: Codable & Sendable, Value: Codable & Sendable>: Sendable {
+    let flow: Flow<Input, Value>
+    let id: String
+    let options: TaskOptions
+    let count: @Sendable (Payload) throws -> Int
+    let body: TaskBody
+
+    public func join<Next: Codable & Sendable>(_ joinID: String, _ options: TaskOptions = TaskOptions(),
+                                               _ body: @escaping @Sendable (ForkResults, TaskContext) async throws -> Next) -> Flow<Input, Next> {
+        let node = FlowNode.map(.init(id: id, options: self.options, count: count, body: self.body,
+                                      join: .init(id: joinID, options: options, body: Flow<ForkResults, ForkResults>.erase(body))))
+        return Flow<Input, Next>(nodes: flow.nodes + [node], problems: flow.problems)
+    }
+}
+
+extension ForkResults {
+    /// A fan-out's results in index order.
+    public func ordered<T: Decodable>(as type: T.Type) throws -> [T] {
+        try values.keys.compactMap(Int.init).sorted().map { try value(String($0), as: T.self) }
     }
 }

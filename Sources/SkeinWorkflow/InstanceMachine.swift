@@ -44,6 +44,7 @@ public struct InstanceMachine: Sendable {
         run.enter(workflow.root.id, input)
         run.fireTimers()
         run.settle(boundary: false)
+        run.state.version = 1
         return run.transition
     }
 
@@ -192,6 +193,20 @@ struct Run {
             var f = Frame(kind: .loop, input: input)
             f.index = 1
             state.frames[id] = f
+        case .map(let m):
+            let count: Int
+            do { count = try m.count(input) } catch { return fail("fan-out \(id) could not compute its count: \(error)") }
+            guard (0...10_000).contains(count) else { return fail("fan-out \(id) asked for \(count) copies (0–10000)") }
+            var f = Frame(kind: .fork, input: input)
+            f.done = [:]
+            f.index = count
+            state.frames[id] = f
+            transition.results[id] = try! WorkflowCodec.encode(count)
+            for i in 0..<count {
+                let item = WorkflowCodec.object(["index": try! WorkflowCodec.encode(i), "value": input])
+                state.frames["\(id)[\(i)]"] = Frame(kind: .task, input: item)
+            }
+            if count == 0 { state.frames[m.join.id] = Frame(kind: .join, input: WorkflowCodec.object([:])) }
         case .route(let r):
             let key: String
             do {
@@ -213,9 +228,11 @@ struct Run {
             transition.results[id] = try! WorkflowCodec.encode(key)
             log("routed", task: id, detail: target.id == "\(id)/default" ? "\(key) (default)" : key)
             enter(target.id, input)
-        case .delay(_, let duration):
+        case .delay(_, let spec):
+            let duration: Duration
+            do { duration = try spec.compute(input) ?? .zero } catch { return fail("delay \(id) could not compute its length: \(error)") }
             var f = Frame(kind: .delay, input: input)
-            f.wakeAt = now + duration.milliseconds
+            f.wakeAt = now + max(0, duration.milliseconds)
             state.frames[id] = f
             log("parked", task: id, detail: "delay until \(f.wakeAt!)")
         case .signal(_, let name, let timeout):
@@ -227,7 +244,11 @@ struct Run {
                 return
             }
             var f = Frame(kind: .signal, input: input)
-            f.wakeAt = timeout.map { now + $0.milliseconds }
+            do {
+                f.wakeAt = try timeout?.compute(input).map { now + max(0, $0.milliseconds) }
+            } catch {
+                return fail("signal wait \(id) could not compute its timeout: \(error)")
+            }
             state.frames[id] = f
             log("parked", task: id, detail: "signal \(name)" + (f.wakeAt.map { " until \($0)" } ?? ""))
         }
@@ -266,6 +287,13 @@ struct Run {
         if let fork = workflow.joinForks[id] {
             return complete(fork, value)
         }
+        if id.hasSuffix("]"), let open = id.lastIndex(of: "["), case .map(let m)? = workflow.nodes[String(id[..<open])],
+           var f = state.frames[m.id], let i = Int(id[id.index(after: open)..<id.index(before: id.endIndex)]) {
+            f.done![String(i)] = value
+            state.frames[m.id] = f
+            if f.done!.count == f.index { state.frames[m.join.id] = Frame(kind: .join, input: WorkflowCodec.object(f.done!)) }
+            return
+        }
         guard let parentID = workflow.parents[id], let parent = workflow.nodes[parentID] else {
             // The root finished.
             state.output = value
@@ -295,7 +323,7 @@ struct Run {
             }
         case .route:
             complete(parentID, value)
-        case .task, .loop, .delay, .signal:
+        case .task, .loop, .delay, .signal, .map:
             break
         }
     }

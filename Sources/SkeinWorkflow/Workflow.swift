@@ -34,6 +34,9 @@ public struct Workflow: Sendable {
             case .route(let r):
                 r.branches.forEach { visit($0.node, parent: node.id) }
                 if let d = r.defaultBranch { visit(d, parent: node.id) }
+            case .map(let m):
+                joins[m.join.id] = m.join
+                joinForks[m.join.id] = m.id
             case .task, .loop, .delay, .signal: break
             }
         }
@@ -54,7 +57,7 @@ public struct Workflow: Sendable {
         case .route(let r):
             r.branches.forEach { walk($0.node, visit) }
             if let d = r.defaultBranch { walk(d, visit) }
-        case .task, .loop, .delay, .signal: break
+        case .task, .loop, .delay, .signal, .map: break
         }
     }
 
@@ -75,8 +78,9 @@ public struct Workflow: Sendable {
         case .route(let r):
             return "route \(quoted(r.id)) {\n" + r.branches.map { "branch \(quoted($0.name)) {\n" + canonical($0.node) + "}\n" }.joined()
                 + (r.defaultBranch.map { "default {\n" + canonical($0) + "}\n" } ?? "") + "}\n"
-        case .delay(let id, let d): return "delay \(quoted(id)) \(d.milliseconds)ms\n"
-        case .signal(let id, let name, let timeout): return "signal \(quoted(id)) name=\(quoted(name)) timeout=\(timeout.map { String($0.milliseconds) } ?? "none")\n"
+        case .delay(let id, let d): return "delay \(quoted(id)) \(d.canonical)\n"
+        case .signal(let id, let name, let timeout): return "signal \(quoted(id)) name=\(quoted(name)) timeout=\(timeout?.canonical ?? "none")\n"
+        case .map(let m): return "map \(quoted(m.id)) \(canonical(m.options)) join \(quoted(m.join.id)) \(canonical(m.join.options))\n"
         }
     }
 
@@ -91,6 +95,10 @@ public struct Workflow: Sendable {
         switch nodes[id] {
         case .task(let t)?: return (t.options, t.body)
         case .loop(let l)?: return (l.options, l.body)
+        case nil:
+            // A fan-out copy: `id[i]`.
+            if id.hasSuffix("]"), let open = id.lastIndex(of: "["), case .map(let m)? = nodes[String(id[..<open])] { return (m.options, m.body) }
+            return joins[id].map { ($0.options, $0.body) }
         default: return joins[id].map { ($0.options, $0.body) }
         }
     }

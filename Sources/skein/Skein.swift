@@ -74,7 +74,7 @@ struct NodeCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "skein")
         do {
-            let node = try SkeinNode(settings: settings, applications: [BlogApplication()], logger: logger)
+            let node = try SkeinNode(settings: settings, applications: [BlogApplication()], workflows: try BundledWorkflows.all(), logger: logger)
             let group = ServiceGroup(configuration: .init(
                 services: [node], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()

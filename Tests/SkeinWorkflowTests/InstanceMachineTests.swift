@@ -224,6 +224,25 @@ struct InstanceMachineTests {
         #expect(runs["a"] == 1 && runs["b1"] == 1 && runs["b2"] == 1)
     }
 
+    @Test("a fan-out runs as many copies as the value asks for, all at once, and joins them in order")
+    func fanOut() async throws {
+        let w = try flow(Int.self)
+            .fanOut("copy", count: { $0 }) { (i: Int, _: Int) in i * 10 }
+            .join("sum") { r, _ in try r.ordered(as: Int.self).reduce(0, +) }
+            .build("fanout")
+        var d = try Driver(w, input: 4)
+        #expect(d.runnable().map(\.key) == ["copy[0]", "copy[1]", "copy[2]", "copy[3]"])
+        try await d.drive()
+        #expect(try d.output(Int.self) == 60)
+        var none = try Driver(w, input: 0)
+        try await none.drive()
+        #expect(try none.output(Int.self) == 0)
+        // A delay computed from the value.
+        let nap = try flow(Int.self).delay("nap") { .milliseconds($0) }.build("nap")
+        let n = try Driver(nap, input: 250)
+        #expect(n.state.wakeAt == n.now + 250)
+    }
+
     @Test("loops go round until done; at the maximum they fail or leave with the last value")
     func loops() async throws {
         let countdown = try flow(Int.self).loop("tick", maxIterations: 100) { x, _ in x <= 1 ? .done(0) : .again(x - 1) }.build("c")

@@ -3,6 +3,7 @@ import Logging
 import Metrics
 import SkeinCluster
 import SkeinStore
+import SkeinWorkflow
 import Synchronization
 
 /// The shell around the pure ``Membership`` machine: it feeds it the clock every few
@@ -145,6 +146,7 @@ final class ClusterHandle: Sendable {
     private let advertisedPeer = Mutex<String?>(nil)
     private let replicationDriver = Mutex<Replication?>(nil)
     private let forwarders = Mutex<[RaftNodeID: KeyValueForwarder]>([:])
+    private let workflowEngine = Mutex<WorkflowEngine?>(nil)
 
     init(settings: NodeSettings, generation: UInt64, auth: PeerAuth, logger: Logger) {
         self.settings = settings
@@ -156,6 +158,14 @@ final class ClusterHandle: Sendable {
 
     var membership: MembershipDriver? { driver.withLock { $0 } }
     var replication: Replication? { replicationDriver.withLock { $0 } }
+    var workflows: WorkflowEngine? { workflowEngine.withLock { $0 } }
+
+    /// Starts the workflow engine over the partitions once replication runs.
+    func startWorkflows(_ workflows: [Workflow], replication: Replication) -> WorkflowEngine {
+        let engine = WorkflowEngine(workflows: workflows, cluster: self, replication: replication, node: settings.name, logger: logger)
+        workflowEngine.withLock { $0 = engine }
+        return engine
+    }
 
     /// This node's id in every partition's Raft group: its peer address as the seed list
     /// spells it (known once the peer port is bound).

@@ -196,7 +196,7 @@ actor Replication {
 
     /// Proposes a command to `partition` and waits until it is applied here. Throws
     /// ``ReplicationError/notLeader(partition:leader:)`` when another node leads.
-    func propose(_ command: KVCommand, partition: Int) async throws -> AppliedEntry {
+    func propose(_ command: PartitionCommand, partition: Int) async throws -> AppliedEntry {
         if let failed { throw ReplicationError.storageFailed(failed) }
         let g = groups[partition]
         guard let (index, term) = g.propose(command.encode(), now: now) else {
@@ -208,6 +208,15 @@ actor Replication {
             pump()
         }
     }
+
+    /// Whether this node owns `partition` now: it leads, holds the lease and has applied
+    /// everything of earlier epochs (the workflow engine runs its instances only then).
+    func owns(partition: Int) -> Bool {
+        failed == nil && groups[partition].canServeReads(now: now)
+    }
+
+    /// This node's epoch for `partition` (its current term).
+    func epoch(partition: Int) -> UInt64 { groups[partition].term }
 
     /// Whether this node may answer a read of `partition` from its own table now (it leads
     /// and holds the lease); otherwise who to ask.

@@ -48,12 +48,12 @@ actor PeerConnection {
     }
 
     /// POSTs `body` to `path` on the peer and returns its answer.
-    func post(path: String, body: [UInt8], headers extra: [(String, String)] = []) async throws -> PeerAnswer {
+    func post(path: String, body: [UInt8], headers extra: [(String, String)] = [], timeout callTimeout: TimeAmount? = nil) async throws -> PeerAnswer {
         let multiplexer = try await connected()
         traffic.requestsOut.add(1, ordering: .relaxed)
         let signature = auth.sign(method: "POST", path: path, body: body)
         let authority = "\(host):\(port)"
-        let timeout = callTimeout
+        let timeout = callTimeout ?? self.callTimeout
         let stream = try await multiplexer.openStream { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))

@@ -1,4 +1,5 @@
 import Synchronization
+import SkeinPipeline
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -65,6 +66,7 @@ struct PeerResponder: HTTPResponder {
         case Replication.raftPath: return await raft(body)
         case KeyValueForwarding.path: return await KeyValueForwarding.serve(body, cluster: cluster)
         case VoterChanges.peerPath: return await VoterChanges.serve(body, cluster: cluster)
+        case WorkflowRoutes.peerPath: return await WorkflowRoutes.serve(body, cluster: cluster, renderer: JSONErrorRenderer())
         default: return Self.answer(.notFound, "no peer route \(path)")
         }
         let envelopes: [Envelope]

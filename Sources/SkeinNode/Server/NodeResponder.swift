@@ -39,6 +39,16 @@ struct NodeResponder: HTTPResponder {
             response = await keyValue.answer(
                 method: request.method, rawKey: path.dropFirst(KeyValueRoutes.prefix.count),
                 body: { try await collectBody(request) }, traceparent: request.headers[.traceparent])
+        } else if WorkflowRoutes.handles(path) {
+            do {
+                let body = try await collectBody(request)
+                response = await WorkflowRoutes(cluster: system.cluster, renderer: runner.renderer)
+                    .answer(.init(method: request.method.rawValue, path: path, query: query, body: body))
+            } catch let error as SkeinError {
+                response = runner.renderer.render(error)
+            } catch {
+                response = runner.renderer.render(SkeinError(code: 400, what: "invalid_body", key: path, message: "\(error)"))
+            }
         } else if path == VoterChanges.clientPath {
             if request.method == .post {
                 do {

@@ -1,0 +1,449 @@
+import Foundation
+import Logging
+import SkeinCluster
+import SkeinStore
+import SkeinWorkflow
+
+/// Why a workflow request failed, with its HTTP status.
+struct WorkflowFailure: Error, CustomStringConvertible {
+    let code: Int
+    let what: String
+    let description: String
+}
+
+/// Runs the workflow instances of the partitions this node owns (leads, with the lease).
+///
+/// Each instance in memory has an ``InstanceRunner``; every change of an instance is computed
+/// by the pure ``InstanceMachine`` and committed as one entry of its partition's log before
+/// anything depends on it (the next task starts only after the previous result is committed).
+/// When this node starts owning a partition it **adopts** the partition's unfinished
+/// instances: running ones resume from their last checkpoint, parked ones re-arm their timers
+/// from the stored wake time. When it stops owning one, its runners stop at once; results they
+/// still produce can never commit (the log refuses a deposed leader's entries). An instance
+/// that waits (delay, signal, pause) is dropped from memory, leaving only a timer.
+actor WorkflowEngine {
+    let registry: [String: Workflow]
+    let cluster: ClusterHandle
+    let replication: Replication
+    let node: String
+    let logger: Logger
+    private var owned: Set<Int> = []
+    private var runners: [String: InstanceRunner] = [:]
+    private var timers: [String: Task<Void, Never>] = [:]
+
+    init(workflows: [Workflow], cluster: ClusterHandle, replication: Replication, node: String, logger: Logger) {
+        registry = Dictionary(workflows.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        self.cluster = cluster
+        self.replication = replication
+        self.node = node
+        self.logger = logger
+    }
+
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    func partition(of id: String) -> Int { Partitioning.partition(of: id, count: replication.partitionCount) }
+
+    /// Watches leadership every 20 ms: adopts partitions this node comes to own, releases
+    /// those it loses.
+    func run() async {
+        while !Task.isCancelled {
+            for p in 0..<replication.partitionCount {
+                let owns = await replication.owns(partition: p)
+                if owns, !owned.contains(p) {
+                    owned.insert(p)
+                    await adopt(p)
+                } else if !owns, owned.contains(p) {
+                    owned.remove(p)
+                    release(p)
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        for p in owned { release(p) }
+    }
+
+    private func adopt(_ p: Int) async {
+        let stored: [PartitionStore.StoredInstance]
+        do {
+            stored = try await replication.store.instances(partition: p, unfinished: true)
+        } catch {
+            logger.error("cannot read the partition's instances to adopt them", metadata: ["partition": "\(p)", "error": "\(error)"])
+            owned.remove(p)
+            return
+        }
+        let epoch = await replication.epoch(partition: p)
+        var resumed = 0
+        for s in stored {
+            guard let runner = makeRunner(s) else { continue }
+            runners[s.id] = runner
+            let line = TimelineLine(at: Self.now(), kind: "adopted", node: node, epoch: epoch, detail: "owner since epoch \(s.epoch) gone; resuming from version \(s.version)")
+            if s.epoch != epoch { await runner.note([line]) }
+            await runner.kick()
+            resumed += 1
+        }
+        if resumed > 0 {
+            logger.info("adopted the partition's unfinished instances", metadata: ["partition": "\(p)", "instances": "\(resumed)", "epoch": "\(epoch)"])
+        }
+    }
+
+    private func release(_ p: Int) {
+        for (id, runner) in runners where partition(of: id) == p {
+            runners[id] = nil
+            Task { await runner.stop() }
+        }
+        for (id, timer) in timers where partition(of: id) == p {
+            timer.cancel()
+            timers[id] = nil
+        }
+    }
+
+    private func makeRunner(_ stored: PartitionStore.StoredInstance) -> InstanceRunner? {
+        do {
+            let state = try JSONDecoder().decode(InstanceState.self, from: Data(stored.state))
+            guard let workflow = registry[state.workflow] else {
+                logger.error("an instance's workflow is not registered on this node", metadata: ["instance": "\(stored.id)", "workflow": "\(state.workflow)"])
+                return nil
+            }
+            guard workflow.definitionHash == state.definitionHash else {
+                logger.error("an instance's workflow definition changed; it is left as it is", metadata: [
+                    "instance": "\(stored.id)", "workflow": "\(state.workflow)", "stored": "\(state.definitionHash.prefix(12))", "here": "\(workflow.definitionHash.prefix(12))"])
+                return nil
+            }
+            return InstanceRunner(engine: self, machine: InstanceMachine(workflow), state: state, partition: partition(of: stored.id))
+        } catch {
+            logger.error("an instance's stored state cannot be read", metadata: ["instance": "\(stored.id)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// The runner of `id`, loaded from storage if it is not in memory. This node must own the
+    /// instance's partition.
+    func runner(for id: String) async throws -> InstanceRunner? {
+        try await requireOwnership(of: id)
+        if let r = runners[id] { return r }
+        guard let stored = try await replication.store.instance(id) else { return nil }
+        guard let r = makeRunner(stored) else {
+            throw WorkflowFailure(code: 409, what: "definition_mismatch", description: "instance \(id) cannot be run by this node's definition of its workflow")
+        }
+        runners[id] = r
+        timers.removeValue(forKey: id)?.cancel()
+        return r
+    }
+
+    func requireOwnership(of id: String) async throws {
+        let p = partition(of: id)
+        guard await replication.owns(partition: p), owned.contains(p) else {
+            throw WorkflowFailure(code: 503, what: "no_owner", description: "this node does not own partition \(p) right now; retry")
+        }
+    }
+
+    /// A runner with nothing to do leaves memory; only its timer stays.
+    func parked(_ id: String, runner: InstanceRunner, wakeAt: Int64?) {
+        guard runners[id] === runner else { return }
+        runners[id] = nil
+        timers.removeValue(forKey: id)?.cancel()
+        guard let wakeAt else { return }
+        timers[id] = Task { [weak self] in
+            let wait = max(0, wakeAt - Self.now())
+            try? await Task.sleep(for: .milliseconds(wait))
+            guard !Task.isCancelled, let self else { return }
+            await self.wake(id)
+        }
+    }
+
+    private func wake(_ id: String) async {
+        timers[id] = nil
+        do {
+            _ = try await runner(for: id)?.submit(.timer)
+        } catch {
+            logger.warning("a parked instance's timer could not wake it", metadata: ["instance": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: - Operations (on the owner)
+
+    func start(workflow name: String, id: String, input: Payload, policy: ConflictPolicy) async throws -> (InstanceState, created: Bool) {
+        guard let workflow = registry[name] else {
+            throw WorkflowFailure(code: 404, what: "workflow_not_found", description: "no workflow \(name) (this node has \(registry.keys.sorted().joined(separator: ", ")))")
+        }
+        try await requireOwnership(of: id)
+        let existing: InstanceState?
+        if let r = runners[id] {
+            existing = await r.current
+        } else if let stored = try await replication.store.instance(id) {
+            existing = try JSONDecoder().decode(InstanceState.self, from: Data(stored.state))
+        } else {
+            existing = nil
+        }
+        switch InstanceMachine.decide(existing: existing, policy: policy, workflow: workflow) {
+        case .existing: return (existing!, false)
+        case .conflict(let why): throw WorkflowFailure(code: 409, what: "instance_exists", description: why)
+        case .start: break
+        }
+        if let old = runners.removeValue(forKey: id) { await old.stop() }
+        timers.removeValue(forKey: id)?.cancel()
+        let machine = InstanceMachine(workflow)
+        let t = machine.start(id: id, input: input, now: Self.now())
+        let p = partition(of: id)
+        let runner = InstanceRunner(engine: self, machine: machine, state: t.state, partition: p)
+        try await runner.commitStart(t, replace: existing != nil)
+        runners[id] = runner
+        await runner.kick()
+        return (t.state, true)
+    }
+
+    func apply(_ event: InstanceEvent, to id: String) async throws -> InstanceState {
+        guard let r = try await runner(for: id) else {
+            throw WorkflowFailure(code: 404, what: "instance_not_found", description: "no instance \(id)")
+        }
+        return try await r.submit(event)
+    }
+
+    /// The instance's state as committed (in memory if running here, else as stored).
+    func state(_ id: String) async throws -> (InstanceState, epoch: UInt64)? {
+        try await requireOwnership(of: id)
+        let epoch = await replication.epoch(partition: partition(of: id))
+        if let r = runners[id] { return (await r.current, epoch) }
+        guard let stored = try await replication.store.instance(id) else { return nil }
+        return (try JSONDecoder().decode(InstanceState.self, from: Data(stored.state)), epoch)
+    }
+
+    func epoch(of id: String) async -> UInt64 { await replication.epoch(partition: partition(of: id)) }
+}
+
+/// One timeline line as stored and served: the core's entry plus where it happened.
+struct TimelineLine: Codable, Sendable {
+    var at: String
+    var kind: String
+    var task: String?
+    var attempt: Int?
+    var node: String
+    var epoch: UInt64
+    var durationMs: Int?
+    var detail: String?
+
+    init(at: Int64, kind: String, task: String? = nil, attempt: Int? = nil, node: String, epoch: UInt64, durationMs: Int? = nil, detail: String? = nil) {
+        self.at = Self.format(at)
+        self.kind = kind
+        self.task = task
+        self.attempt = attempt
+        self.node = node
+        self.epoch = epoch
+        self.durationMs = durationMs
+        self.detail = detail
+    }
+
+    init(_ entry: TimelineEntry, node: String, epoch: UInt64) {
+        self.init(at: entry.at, kind: entry.kind, task: entry.task, attempt: entry.attempt, node: node, epoch: epoch,
+                  durationMs: entry.durationMs, detail: entry.detail)
+    }
+
+    static func format(_ ms: Int64) -> String {
+        Date(timeIntervalSince1970: Double(ms) / 1000).formatted(.iso8601.year().month().day().timeZone(separator: .omitted).time(includingFractionalSeconds: true).timeSeparator(.colon).dateSeparator(.dash))
+    }
+
+    var bytes: [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return Array((try? encoder.encode(self)) ?? Data())
+    }
+}
+
+/// One instance in memory on its owner: applies events one batch at a time (each batch one
+/// log entry), runs the tasks the machine says are runnable, and arms its timer.
+actor InstanceRunner {
+    unowned let engine: WorkflowEngine
+    let machine: InstanceMachine
+    let partition: Int
+    private var state: InstanceState
+    private var queue: [(event: InstanceEvent, continuation: CheckedContinuation<InstanceState, any Error>)] = []
+    private var processing = false
+    private var running: [String: Task<Void, Never>] = [:]
+    private var timer: Task<Void, Never>?
+    private var stopped = false
+
+    init(engine: WorkflowEngine, machine: InstanceMachine, state: InstanceState, partition: Int) {
+        self.engine = engine
+        self.machine = machine
+        self.state = state
+        self.partition = partition
+    }
+
+    var current: InstanceState { state }
+
+    func stop() {
+        stopped = true
+        for (_, task) in running { task.cancel() }
+        running = [:]
+        timer?.cancel()
+        for item in queue {
+            item.continuation.resume(throwing: WorkflowFailure(code: 503, what: "no_owner", description: "the owner of instance \(state.id) changed; retry"))
+        }
+        queue = []
+    }
+
+    /// Commits a brand-new instance (or its replacement under terminateExisting).
+    func commitStart(_ t: Transition, replace: Bool) async throws {
+        let epoch = await engine.epoch(of: state.id)
+        let lines = t.timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes }
+        let change = InstanceChange(id: t.state.id, workflow: t.state.workflow, status: t.state.status.rawValue, wakeAt: t.state.wakeAt,
+                                    baseVersion: 0, version: t.state.version, replace: replace, state: try Self.encode(t.state),
+                                    results: t.results.mapValues { Array($0.json) }, timeline: lines)
+        let applied = try await propose(.instance(change))
+        if applied.conflict {
+            throw WorkflowFailure(code: 409, what: "instance_exists", description: "instance \(t.state.id) was started by someone else meanwhile")
+        }
+        state = t.state
+    }
+
+    /// Lines for the timeline that change nothing else (adoption, a task attempt starting).
+    func note(_ lines: [TimelineLine]) {
+        let id = state.id
+        let command = PartitionCommand.timeline(instance: id, entries: lines.map(\.bytes))
+        Task { _ = try? await self.propose(command) }
+    }
+
+    /// Starts what can run now and arms the timer, or leaves memory if there is nothing to do.
+    func kick() {
+        guard !stopped else { return }
+        let now = WorkflowEngine.now()
+        for run in machine.runnable(state, now: now) where running[run.key] == nil {
+            start(run)
+        }
+        timer?.cancel()
+        timer = nil
+        if running.isEmpty, queue.isEmpty, !processing {
+            Task { await engine.parked(state.id, runner: self, wakeAt: state.status.isTerminal ? nil : state.wakeAt) }
+            return
+        }
+        if let wake = state.wakeAt, !state.status.isTerminal {
+            timer = Task { [weak self] in
+                try? await Task.sleep(for: .milliseconds(max(0, wake - WorkflowEngine.now())))
+                guard !Task.isCancelled, let self else { return }
+                _ = try? await self.submit(.timer)
+            }
+        }
+    }
+
+    private func start(_ run: TaskRun) {
+        guard let body = machine.workflow.taskBody(run.node)?.body else { return }
+        let context = TaskContext(instanceID: state.id, workflow: state.workflow, taskKey: run.key, attempt: run.attempt, node: engine.node)
+        let node = engine.node
+        running[run.key] = Task {
+            let epoch = await engine.epoch(of: context.instanceID)
+            self.note([TimelineLine(at: WorkflowEngine.now(), kind: "task_started", task: run.key, attempt: run.attempt, node: node, epoch: epoch)])
+            let began = ContinuousClock.now
+            let event: InstanceEvent
+            do {
+                let output = try await Self.withTimeout(run.timeout) { try await body(run.input, context) }
+                event = .taskCompleted(key: run.key, attempt: run.attempt, output: output, durationMs: Self.ms(since: began))
+            } catch is CancellationError where Task.isCancelled {
+                return
+            } catch {
+                event = .taskFailed(key: run.key, attempt: run.attempt, error: "\(error)", durationMs: Self.ms(since: began))
+            }
+            await self.finished(run.key, event)
+        }
+    }
+
+    private func finished(_ key: String, _ event: InstanceEvent) async {
+        guard !stopped else { return }
+        _ = try? await submit(event)
+        running[key] = nil
+        kick()
+    }
+
+    /// Applies `event` (with any others queued meanwhile, as one log entry) and returns the
+    /// state once committed.
+    func submit(_ event: InstanceEvent) async throws -> InstanceState {
+        guard !stopped else { throw WorkflowFailure(code: 503, what: "no_owner", description: "the owner of instance \(state.id) changed; retry") }
+        return try await withCheckedThrowingContinuation { continuation in
+            queue.append((event, continuation))
+            if !processing {
+                processing = true
+                Task { await self.process() }
+            }
+        }
+    }
+
+    private func process() async {
+        while !queue.isEmpty, !stopped {
+            let batch = queue
+            queue = []
+            var next = state
+            var results: [String: Payload] = [:]
+            var timeline: [TimelineEntry] = []
+            var outcomes: [Result<InstanceState, any Error>] = []
+            let now = WorkflowEngine.now()
+            for item in batch {
+                let t = machine.apply(item.event, to: next, now: now)
+                if let refused = t.refused {
+                    outcomes.append(.failure(WorkflowFailure(code: 409, what: "refused", description: refused)))
+                    continue
+                }
+                if t.changed {
+                    next = t.state
+                    results.merge(t.results) { $1 }
+                    timeline += t.timeline
+                }
+                outcomes.append(.success(t.state))
+            }
+            if next != state {
+                do {
+                    let epoch = await engine.epoch(of: state.id)
+                    let change = InstanceChange(id: next.id, workflow: next.workflow, status: next.status.rawValue, wakeAt: next.wakeAt,
+                                                baseVersion: state.version, version: next.version, replace: false, state: try Self.encode(next),
+                                                results: results.mapValues { Array($0.json) },
+                                                timeline: timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes })
+                    let applied = try await propose(.instance(change))
+                    if applied.conflict {
+                        throw WorkflowFailure(code: 409, what: "conflict", description: "instance \(state.id) changed elsewhere; retry")
+                    }
+                    state = next
+                } catch {
+                    for item in batch { item.continuation.resume(throwing: error) }
+                    // Without a commit this node may no longer own the instance: let the
+                    // engine's leadership watch decide; stop here.
+                    if error is ReplicationError || (error as? WorkflowFailure)?.what == "conflict" { stop() }
+                    continue
+                }
+            }
+            for (item, outcome) in zip(batch, outcomes) { item.continuation.resume(with: outcome.map { _ in state }) }
+        }
+        processing = false
+        kick()
+    }
+
+    private func propose(_ command: PartitionCommand) async throws -> AppliedEntry {
+        try await engine.replication.propose(command, partition: partition)
+    }
+
+    static func encode(_ state: InstanceState) throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return Array(try encoder.encode(state))
+    }
+
+    static func ms(since start: ContinuousClock.Instant) -> Int {
+        let d = ContinuousClock.now - start
+        return Int(d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    struct TimedOut: Error, CustomStringConvertible {
+        let after: Duration
+        var description: String { "timed out after \(after)" }
+    }
+
+    static func withTimeout(_ timeout: Duration?, _ body: @escaping @Sendable () async throws -> Payload) async throws -> Payload {
+        guard let timeout else { return try await body() }
+        return try await withThrowingTaskGroup(of: Payload.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                throw TimedOut(after: timeout)
+            }
+            defer { group.cancelAll() }
+            return try await group.next()!
+        }
+    }
+}
