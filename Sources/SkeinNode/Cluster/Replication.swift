@@ -215,6 +215,13 @@ actor Replication {
         failed == nil && groups[partition].canServeReads(now: now)
     }
 
+    /// This node's standing in `partition`: whether it leads, in which epoch, and whether it
+    /// may act as the owner right now (lease held, earlier epochs applied).
+    func standing(partition: Int) -> (leads: Bool, epoch: UInt64, owns: Bool) {
+        let g = groups[partition]
+        return (failed == nil && g.role == .leader, g.term, failed == nil && g.canServeReads(now: now))
+    }
+
     /// This node's epoch for `partition` (its current term).
     func epoch(partition: Int) -> UInt64 { groups[partition].term }
 

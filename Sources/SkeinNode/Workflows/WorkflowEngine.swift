@@ -3,6 +3,7 @@ import Logging
 import SkeinCluster
 import SkeinStore
 import SkeinWorkflow
+import Synchronization
 
 /// Why a workflow request failed, with its HTTP status.
 struct WorkflowFailure: Error, CustomStringConvertible {
@@ -27,7 +28,11 @@ actor WorkflowEngine {
     let replication: Replication
     let node: String
     let logger: Logger
-    private var owned: Set<Int> = []
+    /// Partitions this node runs, with the epoch it adopted them in.
+    private var owned: [Int: UInt64] = [:]
+    /// Owned partitions whose lease lapsed (same epoch, still leading): no new task starts
+    /// until the lease is back; a new epoch or another leader releases them.
+    let suspended = Mutex<Set<Int>>([])
     private var runners: [String: InstanceRunner] = [:]
     private var timers: [String: Task<Void, Never>] = [:]
 
@@ -44,22 +49,31 @@ actor WorkflowEngine {
     func partition(of id: String) -> Int { Partitioning.partition(of: id, count: replication.partitionCount) }
 
     /// Watches leadership every 20 ms: adopts partitions this node comes to own, releases
-    /// those it loses.
+    /// those it stops leading (or leads in a new epoch), and holds back new tasks while a
+    /// lease has lapsed.
     func run() async {
         while !Task.isCancelled {
             for p in 0..<replication.partitionCount {
-                let owns = await replication.owns(partition: p)
-                if owns, !owned.contains(p) {
-                    owned.insert(p)
+                let standing = await replication.standing(partition: p)
+                if let epoch = owned[p] {
+                    if !standing.leads || standing.epoch != epoch {
+                        owned[p] = nil
+                        await release(p)
+                        if standing.owns { owned[p] = standing.epoch; await adopt(p) }
+                    } else if standing.owns, suspended.withLock({ $0.remove(p) }) != nil {
+                        for (id, runner) in runners where partition(of: id) == p { await runner.kick() }
+                    } else if !standing.owns {
+                        suspended.withLock { _ = $0.insert(p) }
+                    }
+                } else if standing.owns {
+                    owned[p] = standing.epoch
+                    suspended.withLock { _ = $0.remove(p) }
                     await adopt(p)
-                } else if !owns, owned.contains(p) {
-                    owned.remove(p)
-                    release(p)
                 }
             }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        for p in owned { release(p) }
+        for p in owned.keys { await release(p) }
     }
 
     private func adopt(_ p: Int) async {
@@ -68,7 +82,7 @@ actor WorkflowEngine {
             stored = try await replication.store.instances(partition: p, unfinished: true)
         } catch {
             logger.error("cannot read the partition's instances to adopt them", metadata: ["partition": "\(p)", "error": "\(error)"])
-            owned.remove(p)
+            owned[p] = nil
             return
         }
         let epoch = await replication.epoch(partition: p)
@@ -86,15 +100,29 @@ actor WorkflowEngine {
         }
     }
 
-    private func release(_ p: Int) {
+    private func release(_ p: Int) async {
+        suspended.withLock { _ = $0.remove(p) }
         for (id, runner) in runners where partition(of: id) == p {
             runners[id] = nil
-            Task { await runner.stop() }
+            await runner.stop()
         }
         for (id, timer) in timers where partition(of: id) == p {
             timer.cancel()
             timers[id] = nil
         }
+    }
+
+    /// A runner that could not commit (it conflicted, or replication refused) stopped itself:
+    /// forget it, and if this node still owns the partition, pick the instance up again from
+    /// what is committed.
+    func runnerStopped(_ id: String, runner: InstanceRunner) async {
+        guard runners[id] === runner else { return }
+        runners[id] = nil
+        let p = partition(of: id)
+        guard owned[p] != nil, await replication.owns(partition: p),
+              let stored = try? await replication.store.instance(id), let fresh = makeRunner(stored) else { return }
+        runners[id] = fresh
+        await fresh.kick()
     }
 
     private func makeRunner(_ stored: PartitionStore.StoredInstance) -> InstanceRunner? {
@@ -132,7 +160,7 @@ actor WorkflowEngine {
 
     func requireOwnership(of id: String) async throws {
         let p = partition(of: id)
-        guard await replication.owns(partition: p), owned.contains(p) else {
+        guard await replication.owns(partition: p), owned[p] != nil else {
             throw WorkflowFailure(code: 503, what: "no_owner", description: "this node does not own partition \(p) right now; retry")
         }
     }
@@ -307,11 +335,14 @@ actor InstanceRunner {
     func kick() {
         guard !stopped else { return }
         let now = WorkflowEngine.now()
-        for run in machine.runnable(state, now: now) where running[run.key] == nil {
+        let held = engine.suspended.withLock { $0.contains(partition) }
+        for run in machine.runnable(state, now: now) where running[run.key] == nil && !held {
             start(run)
         }
         timer?.cancel()
         timer = nil
+        // While the lease has lapsed the runner waits in memory for the engine to kick it again.
+        if held { return }
         if running.isEmpty, queue.isEmpty, !processing {
             Task { await engine.parked(state.id, runner: self, wakeAt: state.status.isTerminal ? nil : state.wakeAt) }
             return
@@ -404,7 +435,11 @@ actor InstanceRunner {
                     for item in batch { item.continuation.resume(throwing: error) }
                     // Without a commit this node may no longer own the instance: let the
                     // engine's leadership watch decide; stop here.
-                    if error is ReplicationError || (error as? WorkflowFailure)?.what == "conflict" { stop() }
+                    if error is ReplicationError || (error as? WorkflowFailure)?.what == "conflict" {
+                        stop()
+                        let id = state.id
+                        Task { await engine.runnerStopped(id, runner: self) }
+                    }
                     continue
                 }
             }

@@ -1,0 +1,243 @@
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import NIOHTTP1
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+/// An HTTP server in the test that records every ledger call the `ledger-steps` workflow makes.
+final class LedgerServer: Sendable {
+    struct Call: Codable, Hashable { let instance: String; let step: Int; let node: String; let attempt: Int }
+    final class Recorder: Sendable {
+        let calls = Mutex<[Call]>([])
+    }
+    let recorder: Recorder
+    let port: Int
+    private let group: ServiceGroup
+    private let task: Task<Void, any Error>
+
+    private init(recorder: Recorder, port: Int, group: ServiceGroup, task: Task<Void, any Error>) {
+        self.recorder = recorder
+        self.port = port
+        self.group = group
+        self.task = task
+    }
+
+    static func start() async throws -> LedgerServer {
+        let recorder = Recorder()
+        let router = Router()
+        router.post("/ledger") { request, _ -> HTTPResponse.Status in
+            let body = try await request.body.collect(upTo: 1 << 16)
+            let call = try JSONDecoder().decode(Call.self, from: Data(buffer: body))
+            recorder.calls.withLock { $0.append(call) }
+            return .ok
+        }
+        let quiet = Logger(label: "ledger", factory: { _ in SwiftLogNoOpLogHandler() })
+        let (ports, sink) = AsyncStream.makeStream(of: Int.self)
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                              onServerRunning: { channel in sink.yield(channel.localAddress?.port ?? 0) }, logger: quiet)
+        let group = ServiceGroup(configuration: .init(services: [app], logger: quiet))
+        let task = Task { try await group.run() }
+        var iterator = ports.makeAsyncIterator()
+        guard let port = await iterator.next() else { throw TestError("ledger did not start") }
+        return LedgerServer(recorder: recorder, port: port, group: group, task: task)
+    }
+
+    var url: String { "http://127.0.0.1:\(port)/ledger" }
+    var all: [Call] { recorder.calls.withLock { $0 } }
+
+    func stop() async {
+        await group.triggerGracefulShutdown()
+        _ = try? await task.value
+    }
+}
+
+/// Workflows on real node processes, killed with SIGKILL.
+@Suite(.serialized) struct WorkflowProcessTests {
+    typealias NodeProcess = ClusterProcessTests.NodeProcess
+
+    static func call(_ method: HTTPMethod, _ port: Int, _ path: String, _ body: String? = nil) async -> (Int, [String: Any]) {
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
+        request.method = method
+        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        guard let response = try? await HTTPClient.shared.execute(request, timeout: .seconds(30)),
+              let data = try? await response.body.collect(upTo: 16 << 20) else { return (0, [:]) }
+        return (Int(response.status.code), (try? JSONSerialization.jsonObject(with: Data(buffer: data))) as? [String: Any] ?? [:])
+    }
+
+    static func timeline(_ port: Int, _ id: String) async -> [[String: Any]] {
+        guard let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/instances/\(id)/timeline"), timeout: .seconds(10)),
+              let data = try? await response.body.collect(upTo: 16 << 20) else { return [] }
+        return (try? JSONSerialization.jsonObject(with: Data(buffer: data))) as? [[String: Any]] ?? []
+    }
+
+    /// Waits until every instance is completed (asking through `ports` in turn).
+    static func waitCompleted(_ ids: [String], ports: [Int], within: Duration) async -> [String: String] {
+        let deadline = ContinuousClock.now + within
+        var statuses: [String: String] = [:]
+        var pending = Set(ids)
+        var turn = 0
+        while !pending.isEmpty, ContinuousClock.now < deadline {
+            for id in pending.sorted() {
+                turn += 1
+                let (code, body) = await call(.GET, ports[turn % ports.count], "/v1/instances/\(id)")
+                if code == 200, let s = body["status"] as? String {
+                    statuses[id] = s
+                    if s == "completed" || s == "failed" || s == "cancelled" { pending.remove(id) }
+                }
+            }
+            if !pending.isEmpty { try? await Task.sleep(for: .milliseconds(200)) }
+        }
+        return statuses
+    }
+
+    /// Every step below an instance's last step recorded at the kill ran exactly once; every
+    /// step ran at least once.
+    static func checkExactlyOnce(_ calls: [LedgerServer.Call], before: [LedgerServer.Call], steps: Int, ids: [String]) {
+        let lastAtKill = Dictionary(grouping: before, by: \.instance).mapValues { $0.map(\.step).max() ?? 0 }
+        let counts = Dictionary(grouping: calls, by: { "\($0.instance)#\($0.step)" }).mapValues(\.count)
+        var problems: [String] = []
+        for id in ids {
+            for step in 1...steps {
+                let n = counts["\(id)#\(step)"] ?? 0
+                if n == 0 { problems.append("\(id) step \(step) never ran") }
+                if step < (lastAtKill[id] ?? 0), n != 1 { problems.append("\(id) step \(step) (below the in-flight step \(lastAtKill[id]!)) ran \(n) times") }
+                if n > 2 { problems.append("\(id) step \(step) ran \(n) times") }
+            }
+        }
+        #expect(problems.isEmpty, "\(problems.prefix(20))")
+    }
+
+    @Test func aSingleNodeKilledMidTaskCompletesItsInstancesAfterARestart() async throws {
+        let ledger = try await LedgerServer.start()
+        defer { Task { await ledger.stop() } }
+        let ports = ClusterProcessTests.freePorts(2)
+        let node = NodeProcess(name: "w1", client: ports[0], peer: ports[1], data: temporaryDirectory() + "/w1")
+        try FileManager.default.createDirectory(atPath: node.data, withIntermediateDirectories: true)
+        defer { node.signal(SIGKILL) }
+        try node.start(seeds: [ports[1]], secret: "s", extra: ["--partitions", "4"])
+        let port = ports[0]
+        var ready = false
+        for _ in 0..<100 where !ready {
+            ready = (await Self.call(.GET, port, "/v1/instances?limit=1")).0 == 200
+            if !ready { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(ready)
+
+        // Bad input is refused with the reason.
+        let unknown = await Self.call(.POST, port, "/v1/workflows/nope/instances", #"{"id":"x"}"#)
+        #expect(unknown.0 == 404 && (unknown.1["error"] as? [String: Any])?["what"] as? String == "workflow_not_found")
+        let badJSON = await Self.call(.POST, port, "/v1/workflows/countdown/instances", "{nope")
+        #expect(badJSON.0 == 400)
+        let noID = await Self.call(.POST, port, "/v1/workflows/countdown/instances", #"{"input":{"from":1}}"#)
+        #expect(noID.0 == 400 && ((noID.1["error"] as? [String: Any])?["message"] as? String ?? "").contains("\"id\""))
+        let badPolicy = await Self.call(.POST, port, "/v1/workflows/countdown/instances", #"{"id":"p","conflictPolicy":"maybe"}"#)
+        #expect(badPolicy.0 == 400)
+        let noInstance = await Self.call(.POST, port, "/v1/instances/ghost/signals/approval", "{}")
+        #expect(noInstance.0 == 404)
+        let first = await Self.call(.POST, port, "/v1/workflows/countdown/instances?wait=10", #"{"id":"dup","input":{"from":3}}"#)
+        #expect(first.0 == 200 && first.1["output"] as? Int == 3)
+        let again = await Self.call(.POST, port, "/v1/workflows/countdown/instances", #"{"id":"dup","input":{"from":3}}"#)
+        #expect(again.0 == 409)
+        let existing = await Self.call(.POST, port, "/v1/workflows/countdown/instances", #"{"id":"dup","input":{"from":3},"conflictPolicy":"useExisting"}"#)
+        #expect(existing.0 == 200 && existing.1["status"] as? String == "completed")
+        let otherWorkflow = await Self.call(.POST, port, "/v1/workflows/triage/instances", #"{"id":"dup","input":{"kind":"x"},"conflictPolicy":"terminateExisting"}"#)
+        #expect(otherWorkflow.0 == 409)  // another definition under the same id: always refused
+        let badSignalBody = await Self.call(.POST, port, "/v1/instances/dup/signals/x", "{nope")
+        #expect(badSignalBody.0 == 400)
+
+        // Ten instances of ten 100 ms steps; SIGKILL in the middle; restart; all complete.
+        let ids = (0..<10).map { "crash-\($0)" }
+        for id in ids {
+            let started = await Self.call(.POST, port, "/v1/workflows/ledger-steps/instances", #"{"id":"\#(id)","input":{"steps":10,"stepMs":100,"ledger":"\#(ledger.url)"}}"#)
+            #expect(started.0 == 202, "\(started)")
+        }
+        try await Task.sleep(for: .milliseconds(550))
+        node.signal(SIGKILL)
+        _ = node.process.map { $0.waitUntilExit() }
+        let atKill = ledger.all
+        #expect(atKill.count > 0)
+        try node.start(seeds: [ports[1]], secret: "s", extra: ["--partitions", "4"])
+        let statuses = await Self.waitCompleted(ids, ports: [port], within: .seconds(60))
+        #expect(ids.allSatisfy { statuses[$0] == "completed" }, "\(statuses)\n\(node.log.suffix(3000))")
+        Self.checkExactlyOnce(ledger.all, before: atKill, steps: 10, ids: ids)
+        let lines = await Self.timeline(port, ids[0])
+        #expect(lines.contains { $0["kind"] as? String == "adopted" }, "\(lines)")
+        #expect(lines.filter { $0["kind"] as? String == "task_completed" }.count == 11)
+    }
+
+    @Test func aClusterLosesTheOwnerOfManyInstancesAndEveryInstanceCompletesWithEachStepOnce() async throws {
+        let ledger = try await LedgerServer.start()
+        defer { Task { await ledger.stop() } }
+        let ports = ClusterProcessTests.freePorts(6)
+        let secret = "test-secret-\(UUID().uuidString)"
+        let root = temporaryDirectory()
+        let nodes = (0..<3).map { NodeProcess(name: "n\($0 + 1)", client: ports[$0], peer: ports[3 + $0], data: root + "/n\($0 + 1)") }
+        for node in nodes { try FileManager.default.createDirectory(atPath: node.data, withIntermediateDirectories: true) }
+        defer { for node in nodes { node.signal(SIGKILL) } }
+        let seeds = nodes.map(\.peer)
+        let extra = ["--partitions", "8"]
+        for node in nodes { try node.start(seeds: seeds, secret: secret, extra: extra) }
+        try await KeyValueClusterTests.waitForLeaders(nodes, partitions: 8)
+        // Leadership moves while it spreads over the nodes (and an instance's in-flight task
+        // runs again on its new owner): start once it has settled, so the kill is the only move.
+        var stableSince = ContinuousClock.now
+        var last: [String: Int] = [:]
+        let settleBy = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < settleBy {
+            let v = await KeyValueClusterTests.view(nodes[0])
+            let now = Dictionary(grouping: v?.partitions.compactMap(\.leader) ?? [], by: { $0 }).mapValues(\.count)
+            if now != last || now.values.reduce(0, +) != 8 || (now.values.max() ?? 0) - (now.values.min() ?? 0) > 1 || now.count != 3 {
+                last = now
+                stableSince = ContinuousClock.now
+            } else if ContinuousClock.now - stableSince > .milliseconds(1500) {
+                break
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+
+        let count = 200, steps = 6
+        let ids = (0..<count).map { "inst-\($0)" }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (i, id) in ids.enumerated() {
+                group.addTask {
+                    var code = 0
+                    for _ in 0..<20 where code != 202 {
+                        (code, _) = await Self.call(.POST, nodes[i % 3].client, "/v1/workflows/ledger-steps/instances",
+                                                    #"{"id":"\#(id)","input":{"steps":\#(steps),"stepMs":200,"ledger":"\#(ledger.url)"},"conflictPolicy":"useExisting"}"#)
+                        if code != 202 && code != 200 { try await Task.sleep(for: .milliseconds(200)) } else { code = 202 }
+                    }
+                    #expect(code == 202, "starting \(id)")
+                }
+            }
+            try await group.waitForAll()
+        }
+        // Kill the node leading the most partitions while most instances are mid-flight.
+        let view = try #require(await KeyValueClusterTests.view(nodes[0]))
+        let leads = Dictionary(grouping: view.partitions.compactMap(\.leader), by: { $0 }).mapValues(\.count)
+        let victimName = try #require(leads.max { $0.value < $1.value }?.key)
+        let victim = try #require(nodes.first { $0.name == victimName })
+        victim.signal(SIGKILL)
+        _ = victim.process.map { $0.waitUntilExit() }
+        let atKill = ledger.all
+        let survivors = nodes.filter { $0.name != victimName }.map(\.client)
+        let statuses = await Self.waitCompleted(ids, ports: survivors, within: .seconds(120))
+        let done = ids.filter { statuses[$0] == "completed" }.count
+        #expect(done == count, "\(done) of \(count) completed; others: \(statuses.filter { $0.value != "completed" }.prefix(10))\n\(nodes.map { "== \($0.name)\n\($0.log.suffix(2000))" }.joined(separator: "\n"))")
+        Self.checkExactlyOnce(ledger.all, before: atKill, steps: steps, ids: ids)
+        // Instances the victim owned show the adoption in their timeline.
+        var adopted = 0
+        for id in ids {
+            let lines = await Self.timeline(survivors[0], id)
+            if lines.contains(where: { $0["kind"] as? String == "adopted" }) { adopted += 1 }
+            #expect(lines.allSatisfy { $0["node"] is String && $0["epoch"] is Int })
+        }
+        #expect(adopted > 0, "no instance was adopted")
+        // And some instance really moved: its steps ran on the victim, then on a survivor.
+        let nodesPerInstance = Dictionary(grouping: ledger.all, by: \.instance).mapValues { Set($0.map(\.node)) }
+        #expect(nodesPerInstance.values.contains { $0.contains(victimName) && $0.count > 1 })
+    }
+}
