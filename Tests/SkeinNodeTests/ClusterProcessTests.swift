@@ -94,6 +94,8 @@ import Testing
     }
 
     @Test func threeNodesConvergeDetectAKillAndWelcomeTheRestart() async throws {
+        await ProcessGate.shared.enter()
+        defer { ProcessGate.shared.leave() }
         let ports = Self.freePorts(6)
         let secret = "test-secret-\(UUID().uuidString)"
         let root = temporaryDirectory()

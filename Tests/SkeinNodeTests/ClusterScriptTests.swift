@@ -26,6 +26,8 @@ import Testing
     }
 
     @Test func upStatusKillRestartPauseDown() async throws {
+        await ProcessGate.shared.enter()
+        defer { ProcessGate.shared.leave() }
         // Client ports base+1…3 and peer ports base+1001…1003, in a range the kernel does not
         // hand out as ephemeral ports (32768 and up).
         let base = 20000 + Int.random(in: 0..<500) * 10

@@ -62,6 +62,8 @@ struct LinearizabilityCheckerTests {
     }
 
     @Test func writesSurviveLeaderKillsAndHistoriesAreLinearizable() async throws {
+        await ProcessGate.shared.enter()
+        defer { ProcessGate.shared.leave() }
         let ports = ClusterProcessTests.freePorts(6)
         let secret = "test-secret-\(UUID().uuidString)"
         let root = temporaryDirectory()
@@ -168,6 +170,8 @@ struct LinearizabilityCheckerTests {
     /// Leaders spread over the voters (by leadership transfer), and come back to a node that
     /// was killed and restarted.
     @Test func leadershipSpreadsAndReturnsToARestartedNode() async throws {
+        await ProcessGate.shared.enter()
+        defer { ProcessGate.shared.leave() }
         let ports = ClusterProcessTests.freePorts(6)
         let secret = "test-secret-\(UUID().uuidString)"
         let root = temporaryDirectory()

@@ -58,6 +58,8 @@ import Testing
     }
 
     @Test func aDeadVoterIsReplacedByANewNode() async throws {
+        await ProcessGate.shared.enter()
+        defer { ProcessGate.shared.leave() }
         let ports = ClusterProcessTests.freePorts(8)
         let secret = "test-secret-\(UUID().uuidString)"
         let root = temporaryDirectory()

@@ -112,6 +112,8 @@ final class LedgerServer: Sendable {
     }
 
     @Test func aSingleNodeKilledMidTaskCompletesItsInstancesAfterARestart() async throws {
+        await ProcessGate.shared.enter()
+        defer { ProcessGate.shared.leave() }
         let ledger = try await LedgerServer.start()
         defer { Task { await ledger.stop() } }
         let ports = ClusterProcessTests.freePorts(2)
@@ -170,6 +172,8 @@ final class LedgerServer: Sendable {
     }
 
     @Test func aClusterLosesTheOwnerOfManyInstancesAndEveryInstanceCompletesWithEachStepOnce() async throws {
+        await ProcessGate.shared.enter()
+        defer { ProcessGate.shared.leave() }
         let ledger = try await LedgerServer.start()
         defer { Task { await ledger.stop() } }
         let ports = ClusterProcessTests.freePorts(6)

@@ -148,3 +148,28 @@ final class CapturedLogs: Sendable {
         }
     }
 }
+
+/// Tests that start several node processes take turns: on two cores, a dozen debug nodes at
+/// once starve each other past every failure detector's timeout. Call at the top of such a
+/// test: `await ProcessGate.shared.enter(); defer { ProcessGate.shared.leave() }`.
+actor ProcessGate {
+    static let shared = ProcessGate()
+    private var busy = false
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    func enter() async {
+        if !busy {
+            busy = true
+            return
+        }
+        await withCheckedContinuation { waiting.append($0) }
+    }
+
+    private func next() {
+        if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
+    }
+
+    nonisolated func leave() {
+        Task { await self.next() }
+    }
+}
