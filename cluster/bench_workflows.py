@@ -61,10 +61,6 @@ def partition_of(key):
     return h % PARTITIONS
 
 
-def ms(iso):
-    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=None).timestamp() * 1000 - time.timezone * 0
-
-
 def epoch_ms(iso):
     from datetime import timezone
     return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1000
@@ -192,7 +188,8 @@ def growth(cluster, steps=5000):
 
     def per_step(lo, hi):
         return (done[hi] - done[lo]) / (hi - lo)
-    early, late = per_step(10, 110), per_step(steps - 100, steps)
+    # 500-step windows: single steps take a few ms and vary with whatever else the two cores do.
+    early, late = per_step(10, 510), per_step(steps - 500, steps)
     return early, late, late / early if early > 0 else float("nan")
 
 
@@ -267,7 +264,7 @@ def main():
         print(f"latency: 3-step workflow (countdown from 2), start to completed, one at a time: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({n} runs)", file=sys.stderr)
         g = growth(cluster)
         if g:
-            print(f"growth: one 5,000-step instance: {g[0]:.2f} ms per step around step 10..110, {g[1]:.2f} ms around step 4,900..5,000 ({g[2]:.2f}×)", file=sys.stderr)
+            print(f"growth: one 5,000-step instance: {g[0]:.2f} ms per step over steps 10..510, {g[1]:.2f} ms over steps 4,500..5,000 ({g[2]:.2f}×)", file=sys.stderr)
         victim, f50, f99, resumed, lost = failover(cluster)
         print(f"failover: SIGKILL of {victim} owning 100 running instances: resumed on a survivor after p50 {f50:.0f} ms, p99 {f99:.0f} ms "
               f"({resumed} adoptions seen); {lost} did not complete", file=sys.stderr)

@@ -81,10 +81,11 @@ public final class SkeinNode: Service, Sendable {
         let compute = NIOThreadPool(numberOfThreads: settings.computeThreads)
         compute.start()
         let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(timeout: .init(connect: .seconds(5))))
+        let renderer = JSONErrorRenderer()
         let performer = NodeEffectPerformer(
             keyValue: ReplicatedKeyValueStore(cluster: cluster, limits: KeyValueLimits(maxValueBytes: settings.maxBodySize)),
-            sql: LocalSQLDatabase(database: database), http: http, compute: compute, maxResponseBytes: 16 << 20)
-        let renderer = JSONErrorRenderer()
+            sql: LocalSQLDatabase(database: database), http: http, compute: compute, maxResponseBytes: 16 << 20,
+            workflows: WorkflowRoutes(cluster: cluster, renderer: renderer))
         let responder = NodeResponder(
             router: router, runner: PipelineRunner(performer: performer, renderer: renderer),
             system: SystemRoutes(settings: settings, traces: traces, renderer: renderer, readiness: readiness, cluster: cluster),

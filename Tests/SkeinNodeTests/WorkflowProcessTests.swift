@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTP1
 import ServiceLifecycle
 import Synchronization
+import SkeinExamples
 import Testing
 
 /// An HTTP server in the test that records every ledger call the `ledger-steps` workflow makes.
@@ -243,5 +244,32 @@ final class LedgerServer: Sendable {
         // And some instance really moved: its steps ran on the victim, then on a survivor.
         let nodesPerInstance = Dictionary(grouping: ledger.all, by: \.instance).mapValues { Set($0.map(\.node)) }
         #expect(nodesPerInstance.values.contains { $0.contains(victimName) && $0.count > 1 })
+    }
+}
+
+/// A pipeline step starts and signals a workflow as effects.
+@Suite struct WorkflowEffectTests {
+    @Test func aPipelineStartsAndSignalsAWorkflow() async throws {
+        let node = try await TestNode.start(workflows: try BundledWorkflows.all())
+        defer { Task { await node.stop() } }
+        var started = try await node.request("POST", "/t/approve/order-1")
+        for _ in 0..<50 where started.status == 503 || started.status == 500 {
+            try await Task.sleep(for: .milliseconds(100))
+            started = try await node.request("POST", "/t/approve/order-1")
+        }
+        #expect(started.status == 202, "\(started.text)")
+        #expect(((try? started.json()) as? [String: Any])?["workflow"] as? String == "approval")
+        let signalled = try await node.request("POST", "/t/approve/order-1/yes", body: #"{"by":"ada"}"#)
+        #expect(signalled.status == 202, "\(signalled.text) \(signalled.headers)")
+        var status: [String: Any] = [:]
+        for _ in 0..<50 {
+            status = (try? await node.request("GET", "/v1/instances/order-1").json()) as? [String: Any] ?? [:]
+            if status["status"] as? String == "completed" { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect((status["output"] as? [String: Any])?["approved"] as? [String: String] == ["by": "ada"], "\(status)")
+        // A second start under the default policy fails the pipeline with the workflow's 409.
+        let again = try await node.request("POST", "/t/approve/order-1")
+        #expect(again.status == 409, "\(again.text)")
     }
 }

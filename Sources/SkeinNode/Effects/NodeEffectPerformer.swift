@@ -15,6 +15,8 @@ struct NodeEffectPerformer: EffectPerformer {
     let http: HTTPClient
     let compute: NIOThreadPool
     let maxResponseBytes: Int
+    /// The workflow API (with its forwarding to owners), for the workflow effects.
+    var workflows: WorkflowRoutes?
 
     func perform(_ operation: EffectOperation, context: EffectContext) async throws -> EffectOutput {
         switch operation {
@@ -35,7 +37,31 @@ struct NodeEffectPerformer: EffectPerformer {
             return .http(try await perform(call, context: context))
         case .compute(_, let work):
             return .computed(try await runCompute(work))
+        case .workflowStart(let workflow, let id, let input, let policy):
+            guard let inputObject = try? JSONSerialization.jsonObject(with: input, options: [.fragmentsAllowed]) else {
+                throw SkeinError(code: 400, what: "invalid_input", key: id, message: "a workflow's input must be JSON")
+            }
+            let body = try JSONSerialization.data(withJSONObject: ["id": id, "input": inputObject, "conflictPolicy": policy], options: [.sortedKeys])
+            return .workflow(try await workflowCall("POST", "/v1/workflows/\(Self.escape(workflow))/instances", body: body, key: id))
+        case .workflowSignal(let id, let name, let payload):
+            return .workflow(try await workflowCall("POST", "/v1/instances/\(Self.escape(id))/signals/\(Self.escape(name))", body: payload, key: id))
         }
+    }
+
+    static func escape(_ segment: String) -> String {
+        segment.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? segment
+    }
+
+    /// Runs a workflow API request here (it forwards to the owner); an error answer fails the effect.
+    private func workflowCall(_ method: String, _ path: String, body: Data, key: String) async throws -> Data {
+        guard let workflows else { throw SkeinError(code: 503, what: "starting", key: key, message: "workflows are not running on this node") }
+        let response = await workflows.answer(.init(method: method, path: path, query: nil, body: body))
+        guard response.status.code < 400 else {
+            let error = (try? JSONSerialization.jsonObject(with: response.body) as? [String: Any])?["error"] as? [String: Any]
+            throw SkeinError(code: response.status.code, what: error?["what"] as? String ?? "workflow_error", key: key,
+                             message: error?["message"] as? String ?? "the workflow API answered \(response.status.code)")
+        }
+        return response.body
     }
 
     private func perform(_ call: HTTPCall, context: EffectContext) async throws -> HTTPResult {

@@ -46,6 +46,10 @@ public enum EffectOperation: Sendable {
     case sqlExec(sql: String, arguments: [SQLValue])
     case http(HTTPCall)
     case compute(label: String, work: @Sendable () throws -> any Sendable)
+    /// Starts a durable workflow instance (answers once the start is durable).
+    case workflowStart(workflow: String, id: String, input: Data, conflictPolicy: String)
+    /// Sends a signal to a workflow instance (answers once the signal is durable).
+    case workflowSignal(id: String, name: String, payload: Data)
 
     /// The kind as timelines and spans name it (`kv_get`, `http`, …).
     public var kind: String {
@@ -58,6 +62,8 @@ public enum EffectOperation: Sendable {
         case .sqlExec: "sql_exec"
         case .http(let call): "http_\(call.method.lowercased())"
         case .compute: "compute"
+        case .workflowStart: "workflow_start"
+        case .workflowSignal: "workflow_signal"
         }
     }
 
@@ -69,13 +75,15 @@ public enum EffectOperation: Sendable {
         case .sqlQuery(let sql, _), .sqlExec(let sql, _): String(sql.prefix(80))
         case .http(let call): call.url
         case .compute(let label, _): label
+        case .workflowStart(let workflow, let id, _, _): "\(workflow)/\(id)"
+        case .workflowSignal(let id, let name, _): "\(id)/\(name)"
         }
     }
 
     /// Defaults: key-value and SQL 1 s, HTTP 5 s, compute 1 s.
     public var defaultTimeout: Duration {
         switch self {
-        case .http: .seconds(5)
+        case .http, .workflowStart, .workflowSignal: .seconds(5)
         // The replicated store may wait up to 2 s for a partition to elect a leader.
         case .kvGet, .kvPut, .kvDelete, .kvScan: .seconds(3)
         default: .seconds(1)
@@ -87,6 +95,8 @@ public enum EffectOperation: Sendable {
         switch self {
         case .kvPut(_, let value): value.count
         case .http(let call): call.body?.count ?? 0
+        case .workflowStart(_, _, let input, _): input.count
+        case .workflowSignal(_, _, let payload): payload.count
         default: 0
         }
     }
@@ -163,6 +173,8 @@ public enum EffectOutput: Sendable {
     case changes(Int)
     case http(HTTPResult)
     case computed(any Sendable)
+    /// A workflow instance's status as JSON (the workflow API's answer).
+    case workflow(Data)
 
     /// Bytes received (for timelines).
     public var byteCount: Int {
@@ -170,6 +182,7 @@ public enum EffectOutput: Sendable {
         case .value(let data): data?.count ?? 0
         case .entries(let entries): entries.reduce(0) { $0 + $1.key.utf8.count + $1.value.count }
         case .http(let result): result.body.count
+        case .workflow(let status): status.count
         case .rows(let rows): rows.count
         default: 0
         }

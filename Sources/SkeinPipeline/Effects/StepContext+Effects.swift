@@ -77,6 +77,27 @@ extension StepContext {
         }
     }
 
+    /// Starts an instance of a durable workflow (on whichever node owns it); the slot receives
+    /// its status as JSON once the start is durable. `input` is JSON. A taken id fails the
+    /// effect (409) under `conflictPolicy` "fail"; "useExisting" answers the existing instance.
+    public func workflowStart<A: WriteAccess>(_ workflow: String, id: String, input: Data, conflictPolicy: String = "fail",
+                                              into path: KeyPath<View, A>) -> Effect where A.Target.Value == Data {
+        Effect(.workflowStart(workflow: workflow, id: id, input: input, conflictPolicy: conflictPolicy), resultSlot: SlotID(A.Target.self)) { output, slots in
+            guard case .workflow(let status) = output else { throw EffectOutputMismatch(expected: "workflow", got: output) }
+            slots.set(A.Target.self, to: status)
+        }
+    }
+
+    /// Starts an instance of a durable workflow, keeping no result.
+    public func workflowStart(_ workflow: String, id: String, input: Data, conflictPolicy: String = "fail") -> Effect {
+        Effect(.workflowStart(workflow: workflow, id: id, input: input, conflictPolicy: conflictPolicy), resultSlot: nil) { _, _ in }
+    }
+
+    /// Sends the signal `name` with a JSON `payload` to a workflow instance; done once durable.
+    public func workflowSignal(id: String, name: String, payload: Data) -> Effect {
+        Effect(.workflowSignal(id: id, name: name, payload: payload), resultSlot: nil) { _, _ in }
+    }
+
     /// Makes an outbound HTTP request.
     public func http<A: WriteAccess>(_ call: HTTPCall, into path: KeyPath<View, A>) -> Effect where A.Target.Value == HTTPResult {
         Effect(.http(call), resultSlot: SlotID(A.Target.self)) { output, slots in

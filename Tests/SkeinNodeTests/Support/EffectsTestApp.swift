@@ -49,7 +49,26 @@ struct EffectsTestApp: SkeinApplication {
         }.timeout(.seconds(10)), then: renderNumber)
     }
 
+    enum Started: Slot { typealias Value = Data }
+    struct StartedView: SlotView { var started = Write<Started>() }
+    struct ReadStarted: SlotView { var started = Read<Started>() }
+    static let renderStarted = Step("t.render_started", view: ReadStarted.self) { ctx in
+        .done(Response(status: .accepted, headers: [.contentType: "application/json"], body: try ctx.require(\.started)))
+    }
+    /// POST /t/approve/{id}: starts an `approval` instance as an effect.
+    static let startApproval = Step("t.start_approval", view: StartedView.self, continuations: [renderStarted]) { ctx in
+        let id = ctx.request.parameters["id"] ?? ""
+        return .need(ctx.workflowStart("approval", id: id, input: Data(#"{"delayMs":0}"#.utf8), into: \.started), then: renderStarted)
+    }
+    /// POST /t/approve/{id}/yes: signals it, as an effect.
+    static let approved = Step("t.approved") { _ in .done(Response(status: .accepted)) }
+    static let approve = Step("t.approve", continuations: [approved]) { ctx in
+        .need(ctx.workflowSignal(id: ctx.request.parameters["id"] ?? "", name: "approval", payload: ctx.request.body), then: approved)
+    }
+
     func register(_ routes: inout RouterBuilder) {
+        routes.add(.post, "/t/approve/:id", steps: [Self.startApproval])
+        routes.add(.post, "/t/approve/:id/yes", steps: [Self.approve])
         routes.add(.post, "/t/sql", steps: [Self.insert])
         routes.add(.get, "/t/http", steps: [Self.call])
         routes.add(.get, "/t/compute", steps: [Self.crunch])

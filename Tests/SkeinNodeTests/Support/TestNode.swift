@@ -7,6 +7,7 @@ import ServiceLifecycle
 import SkeinExamples
 import SkeinNode
 import SkeinPipeline
+import SkeinWorkflow
 import Synchronization
 import Tracing
 
@@ -18,7 +19,7 @@ struct TestNode {
     let task: Task<Void, any Error>
 
     static func start(
-        applications: [any SkeinApplication] = [BlogApplication(), EffectsTestApp()],
+        applications: [any SkeinApplication] = [BlogApplication(), EffectsTestApp()], workflows: [Workflow] = [],
         tracer: (any Tracer)? = nil, logger: Logger? = nil, configure: (inout NodeSettings) -> Void = { _ in }
     ) async throws -> TestNode {
         var settings = NodeSettings()
@@ -29,7 +30,7 @@ struct TestNode {
         configure(&settings)
         let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
         let logger = logger ?? Logger(label: "test-node", factory: { _ in SwiftLogNoOpLogHandler() })
-        let node = try SkeinNode(settings: settings, applications: applications, logger: logger, tracer: tracer) { port in
+        let node = try SkeinNode(settings: settings, applications: applications, workflows: workflows, logger: logger, tracer: tracer) { port in
             portSink.yield(port)
         }
         let group = ServiceGroup(configuration: .init(services: [node], logger: logger))
