@@ -150,6 +150,7 @@ let package = Package(
             name: "SkeinClusterTests",
             dependencies: [
                 "SkeinCluster",
+                "SkeinWorkflow",
                 .product(name: "HeapModule", package: "swift-collections"),
             ],
             swiftSettings: optimizedInDebug

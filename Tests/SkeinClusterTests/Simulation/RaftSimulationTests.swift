@@ -109,3 +109,38 @@ struct RaftSimulationTests {
         }
     }
 }
+
+/// The workflow layer over the simulated cluster (WorkflowSimulation.swift): `SKEIN_WF_SIM_SEEDS`
+/// seeds (default 60), or one replayed with `SKEIN_WF_SIM_SEED`; the base is `SKEIN_SIM_BASE`.
+@Suite("Workflow simulation")
+struct WorkflowSimulationTests {
+    @Test("instances complete through crashes, cuts, pauses and transfers; each task result is committed once")
+    func seeds() async throws {
+        let env = ProcessInfo.processInfo.environment
+        if let one = env["SKEIN_WF_SIM_SEED"].flatMap(UInt64.init) {
+            var sim = RaftSimulator(seed: one, workflows: true)
+            let report = sim.run()
+            print("workflow simulation seed \(one): \(sim.scenario), \(sim.eventsRun) events, \(sim.wf.started.count) instances, \(sim.wf.completed) completed")
+            #expect(report == nil, "\(report ?? "")")
+            return
+        }
+        let count = env["SKEIN_WF_SIM_SEEDS"].flatMap(Int.init) ?? 60
+        let base = env["SKEIN_SIM_BASE"].flatMap(UInt64.init) ?? UInt64(Date().timeIntervalSince1970)
+        let (failures, instances, reruns) = await offPool { () -> ([String], Int, Int) in
+            var failures: [String] = []
+            var instances = 0, reruns = 0
+            for n in 0..<count {
+                let seed = base &* 7_000_003 &+ UInt64(n)
+                var sim = RaftSimulator(seed: seed, workflows: true)
+                if let report = sim.run() { failures.append(report) }
+                instances += sim.wf.started.count
+                reruns += sim.wf.executions.values.filter { $0 > 1 }.count
+                if failures.count >= 3 { break }
+            }
+            return (failures, instances, reruns)
+        }
+        print("workflow simulation: \(count) seeds, \(instances) instances started, \(reruns) task attempts run again after an owner changed, \(failures.count) failed")
+        for f in failures { Issue.record("\(f)") }
+        #expect(instances > 0)
+    }
+}

@@ -1,5 +1,6 @@
 import HeapModule
 import SkeinCluster
+import SkeinWorkflow
 
 /// A whole cluster of per-partition Raft groups in one process, over a simulated network,
 /// disk and set of clocks, all driven by one seed.
@@ -54,6 +55,9 @@ struct RaftSimulator {
         case read
         case transfer
         case finalCheck
+        /// Workflow mode: a client starts an instance; a task attempt finishes on a node.
+        case startInstance
+        case taskDone(node: Int, boot: Int, partition: Int, instance: String, key: String, attempt: Int)
     }
 
     struct Pair: Hashable { var from: Int; var to: Int }
@@ -74,6 +78,8 @@ struct RaftSimulator {
         var applied: UInt64 = 0
         /// The state machine: key → version of the write that set it.
         var state: [UInt8: UInt64] = [:]
+        /// Workflow mode: instances as applied (their checkpoint JSON).
+        var instances: [String: InstanceState] = [:]
     }
 
     struct Node {
@@ -92,6 +98,9 @@ struct RaftSimulator {
         var fsyncBusy = false
         /// Writes this node proposed as leader: (partition, index) → (term, key, version).
         var pending: [PartitionIndex: (term: UInt64, key: UInt8, version: UInt64)] = [:]
+        /// Workflow mode: instance checkpoints proposed and not yet applied, and task attempts running.
+        var checkpointing: [String: PartitionIndex] = [:]
+        var running: Set<String> = []
     }
 
     struct PartitionIndex: Hashable { var partition: Int; var index: UInt64 }
@@ -126,13 +135,20 @@ struct RaftSimulator {
 
     static let tickNs: Int64 = 10_000_000
 
+    /// Workflow mode: instances run on the partitions' owners (see WorkflowSimulation.swift).
+    var workflows = false
+    var wf = WorkflowChecker()
+
     /// `clockDrift` is how far the simulated clocks really drift (default: the bound the
     /// configuration states); setting it past the bound must break leases.
-    init(seed: UInt64, config: RaftConfig = RaftConfig(), scenario: Scenario? = nil, clockDrift: Double? = nil) {
+    init(seed: UInt64, config: RaftConfig = RaftConfig(), scenario: Scenario? = nil, clockDrift: Double? = nil, workflows: Bool = false) {
         self.seed = seed
         self.config = config
+        self.workflows = workflows
         var r = DeterministicRandom(seed: seed)
-        let s = scenario ?? Self.draw(&r)
+        var s = scenario ?? Self.draw(&r)
+        // Workflow checkpoints are not part of the simulated snapshots: no compaction then.
+        if workflows { s.compactEvery = 0 }
         self.scenario = s
         self.random = r
         self.loss = s.loss
@@ -188,7 +204,11 @@ struct RaftSimulator {
     mutating func run() -> String? {
         let faultEnd = ms(scenario.faultPhaseMs)
         let end = faultEnd + ms(scenario.quietPhaseMs)
-        schedule(.write, inNs: ms(5))
+        if workflows {
+            schedule(.startInstance, inNs: ms(20))
+        } else {
+            schedule(.write, inNs: ms(5))
+        }
         schedule(.read, inNs: ms(7))
         planFaults(until: faultEnd)
         schedule(.heal, inNs: faultEnd)
@@ -208,7 +228,8 @@ struct RaftSimulator {
             if failure == nil, eventsRun % 1000 == 0 { checkLogsMatch() }
         }
         guard let failure else { return nil }
-        return "raft simulation seed \(seed) failed at \(Double(now) / 1e9) s after \(eventsRun) events: \(failure)\nscenario: \(scenario)\nreplay: SKEIN_RAFT_SIM_SEED=\(seed) swift test --filter RaftSimulation\nlast events:\n" + recent.joined(separator: "\n")
+        let mode = workflows ? "workflow" : "raft"
+        return "\(mode) simulation seed \(seed) failed at \(Double(now) / 1e9) s after \(eventsRun) events: \(failure)\nscenario: \(scenario)\nreplay: \(workflows ? "SKEIN_WF_SIM_SEED" : "SKEIN_RAFT_SIM_SEED")=\(seed) swift test --filter \(workflows ? "WorkflowSimulation" : "RaftSimulation")\nlast events:\n" + recent.joined(separator: "\n")
     }
 
     mutating func planFaults(until end: Int64) {
@@ -281,6 +302,7 @@ struct RaftSimulator {
             let t = local(i)
             for p in 0..<scenario.partitions { nodes[i].groups[p].tick(now: t) }
             pump(i)
+            if workflows { driveWorkflows(i) }
         case .deliver(let m, let i):
             guard nodes[i].up else { return }
             if nodes[i].paused {
@@ -303,6 +325,8 @@ struct RaftSimulator {
             nodes[i].groups = []
             nodes[i].inFlight = []
             nodes[i].pending = [:]
+            nodes[i].checkpointing = [:]
+            nodes[i].running = []
         case .restart(let i):
             guard !nodes[i].up else { return }
             note("restart \(nodes[i].id)")
@@ -348,6 +372,13 @@ struct RaftSimulator {
         case .finalCheck:
             checkLogsMatch()
             if failure == nil { finalCheck() }
+            if failure == nil, workflows { finalWorkflowCheck() }
+        case .startInstance:
+            guard now < ms(scenario.faultPhaseMs) else { return }
+            schedule(.startInstance, inNs: ms(40))
+            startInstance()
+        case .taskDone(let i, let bootNumber, let p, let id, let key, let attempt):
+            taskDone(i, boot: bootNumber, partition: p, instance: id, key: key, attempt: attempt)
         }
     }
 
@@ -364,7 +395,10 @@ struct RaftSimulator {
                 readies.append(nil)
             }
         }
-        guard any else { return }
+        guard any else {
+            if workflows { driveWorkflows(i) }
+            return
+        }
         nodes[i].inFlight = readies
         nodes[i].fsyncBusy = true
         schedule(.fsyncDone(i, boot: nodes[i].boot), inNs: Int64(50_000 + random.below(1_500_000)))
@@ -416,6 +450,7 @@ struct RaftSimulator {
                     disk.state[e.data[0]] = Self.version(e.data)
                 }
                 let key = PartitionIndex(partition: p, index: e.index)
+                let firstApply = appliedEntries[key] == nil
                 if let seen = appliedEntries[key] {
                     if seen != e {
                         failure = "state machine safety: \(nodes[i].id) p\(p) applies \(e.term)/\(e.data) at \(e.index), another node applied \(seen.term)/\(seen.data)"
@@ -424,6 +459,13 @@ struct RaftSimulator {
                     }
                 } else {
                     appliedEntries[key] = e
+                }
+                if e.kind == .command, e.data.first == WorkflowEntry.tag {
+                    applyWorkflowEntry(e, partition: p, node: i, disk: &disk, first: firstApply)
+                    if failure != nil {
+                        nodes[i].disks[p] = disk
+                        return
+                    }
                 }
                 if let w = nodes[i].pending.removeValue(forKey: key) {
                     if w.term == e.term {
@@ -442,6 +484,7 @@ struct RaftSimulator {
             }
         }
         pump(i)
+        if workflows { driveWorkflows(i) }
     }
 
     mutating func recordEntry(_ p: Int, _ e: RaftEntry) {
@@ -503,7 +546,7 @@ struct RaftSimulator {
         switch event {
         case .tick(let i), .deliver(_, let i), .fsyncDone(let i, _), .reportDown(_, let i), .restart(let i):
             checkInvariants(nodes: i...i)
-        case .write, .read:
+        case .write, .read, .startInstance, .taskDone:
             break  // proposals and reads change no role, term or lease
         default:
             checkInvariants(nodes: nodes.indices)

@@ -1,0 +1,168 @@
+import Foundation
+import SkeinCluster
+import SkeinWorkflow
+
+/// The workflow layer over the simulated cluster: the real ``InstanceMachine`` runs on each
+/// partition's owner (the node that can serve reads: leader, lease, own-term entry applied),
+/// every change is a log entry applied only on top of the version it was computed from, and
+/// task attempts take simulated time, so owners die, lose leases and get partitioned while
+/// tasks run. Checked: each task's result is committed at most once (after every event), and
+/// after the quiet phase every instance that started has completed.
+struct WorkflowEntry: Codable {
+    static let tag: UInt8 = 0xF0
+    var instance: String
+    var base: UInt64
+    var state: InstanceState
+    var results: [String]
+
+    func encode() -> [UInt8] { [Self.tag] + Array(try! JSONEncoder().encode(self)) }
+
+    static func decode(_ data: [UInt8]) -> WorkflowEntry? {
+        guard data.first == tag else { return nil }
+        return try? JSONDecoder().decode(WorkflowEntry.self, from: Data(data.dropFirst()))
+    }
+}
+
+struct WorkflowChecker {
+    /// Committed results per `instance#task`.
+    var committed: [String: Int] = [:]
+    /// Attempts run per `instance#task` (may exceed one: an owner dies mid-task).
+    var executions: [String: Int] = [:]
+    var started: [String: Int] = [:]
+    var nextInstance = 0
+    var completed = 0
+
+    /// then → fork (two branches) → join → loop of three → durable delay → then.
+    static let workflow: Workflow = try! flow(Int.self)
+        .then("a") { x, _ in x }
+        .fork([ForkBranch("b1") { (x: Int, _) in x }, ForkBranch("b2") { (x: Int, _) in x }])
+        .join("j") { _, _ in 0 }
+        .loop("l", maxIterations: 5) { x, _ in x >= 3 ? .done(x) : .again(x + 1) }
+        .delay("d", .milliseconds(30))
+        .then("z") { x, _ in x }
+        .build("sim")
+    static let machine = InstanceMachine(workflow)
+}
+
+extension RaftSimulator {
+    var wallMs: Int64 { now / 1_000_000 }
+
+    func owns(_ i: Int, _ p: Int) -> Bool {
+        nodes[i].up && !nodes[i].paused && nodes[i].groups[p].canServeReads(now: local(i)) && nodes[i].groups[p].transferee == nil
+    }
+
+    mutating func startInstance() {
+        let p = random.below(scenario.partitions)
+        guard let i = nodes.indices.first(where: { owns($0, p) }) else { return }
+        let id = "w\(wf.nextInstance)-p\(p)"
+        wf.nextInstance += 1
+        let t = WorkflowChecker.machine.start(id: id, input: Payload(json: Data("0".utf8)), now: wallMs)
+        propose(WorkflowEntry(instance: id, base: 0, state: t.state, results: Array(t.results.keys)), node: i, partition: p)
+    }
+
+    mutating func propose(_ entry: WorkflowEntry, node i: Int, partition p: Int) {
+        let data = entry.encode()
+        guard let (index, term) = nodes[i].groups[p].propose(data, now: local(i)) else { return }
+        recordEntry(p, RaftEntry(index: index, term: term, kind: .command, data: data))
+        nodes[i].checkpointing[entry.instance] = PartitionIndex(partition: p, index: index)
+        pump(i)
+    }
+
+    /// On every partition this node owns: start the runnable tasks of its instances and fire
+    /// their due timers, one checkpoint in flight per instance.
+    mutating func driveWorkflows(_ i: Int) {
+        guard nodes[i].up, !nodes[i].paused else { return }
+        for p in 0..<scenario.partitions {
+            // A checkpoint whose index was applied (or overwritten by another leader) is settled.
+            for (id, at) in nodes[i].checkpointing where at.partition == p && nodes[i].disks[p].applied >= at.index {
+                nodes[i].checkpointing[id] = nil
+            }
+            guard owns(i, p) else { continue }
+            for id in nodes[i].disks[p].instances.keys.sorted() {
+                guard let state = nodes[i].disks[p].instances[id], !state.status.isTerminal, nodes[i].checkpointing[id] == nil else { continue }
+                if let wake = state.wakeAt, wake <= wallMs {
+                    let t = WorkflowChecker.machine.apply(.timer, to: state, now: wallMs)
+                    if t.changed {
+                        propose(WorkflowEntry(instance: id, base: state.version, state: t.state, results: Array(t.results.keys)), node: i, partition: p)
+                        continue
+                    }
+                }
+                for run in WorkflowChecker.machine.runnable(state, now: wallMs) {
+                    let token = "\(id)|\(run.key)|\(run.attempt)"
+                    guard !nodes[i].running.contains(token) else { continue }
+                    nodes[i].running.insert(token)
+                    wf.executions["\(id)#\(run.key)", default: 0] += 1
+                    schedule(.taskDone(node: i, boot: nodes[i].boot, partition: p, instance: id, key: run.key, attempt: run.attempt),
+                             inNs: Int64(1_000_000 + random.below(30_000_000)))
+                }
+            }
+        }
+    }
+
+    /// What a task "returns": a loop body goes round three times; everything else is a number.
+    func output(for key: String, state: InstanceState) -> Payload {
+        if let hash = key.lastIndex(of: "#"), let iteration = Int(key[key.index(after: hash)...]) {
+            return Payload(json: Data((iteration >= 3 ? #"{"done":\#(iteration)}"# : #"{"again":\#(iteration)}"#).utf8))
+        }
+        return Payload(json: Data("1".utf8))
+    }
+
+    mutating func taskDone(_ i: Int, boot bootNumber: Int, partition p: Int, instance id: String, key: String, attempt: Int) {
+        guard nodes[i].up, nodes[i].boot == bootNumber else { return }
+        let token = "\(id)|\(key)|\(attempt)"
+        if nodes[i].paused || nodes[i].checkpointing[id] != nil {
+            // Wait for the owner to run again, or for the previous checkpoint to settle.
+            schedule(.taskDone(node: i, boot: bootNumber, partition: p, instance: id, key: key, attempt: attempt), inNs: ms(5))
+            return
+        }
+        nodes[i].running.remove(token)
+        // A deposed owner's result is dropped here; had it been proposed, the log would refuse it.
+        guard owns(i, p), let state = nodes[i].disks[p].instances[id] else { return }
+        let t = WorkflowChecker.machine.apply(.taskCompleted(key: key, attempt: attempt, output: output(for: key, state: state), durationMs: 1),
+                                              to: state, now: wallMs)
+        guard t.changed else { return }
+        propose(WorkflowEntry(instance: id, base: state.version, state: t.state, results: Array(t.results.keys)), node: i, partition: p)
+    }
+
+    /// Applies a checkpoint if it follows the applied version (a start: if the id is free).
+    mutating func applyWorkflowEntry(_ e: RaftEntry, partition p: Int, node i: Int, disk: inout Disk, first: Bool) {
+        guard let entry = WorkflowEntry.decode(e.data) else {
+            failure = "undecodable workflow entry at p\(p) \(e.index)"
+            return
+        }
+        let current = disk.instances[entry.instance]
+        let accepted = entry.base == 0 ? current == nil : current?.version == entry.base
+        guard accepted else { return }
+        disk.instances[entry.instance] = entry.state
+        guard first else { return }
+        if entry.base == 0 { wf.started[entry.instance] = p }
+        if entry.state.status == .completed { wf.completed += 1 }
+        for key in entry.results {
+            let k = "\(entry.instance)#\(key)"
+            wf.committed[k, default: 0] += 1
+            if wf.committed[k]! > 1 {
+                failure = "the result of \(k) was committed twice (p\(p) index \(e.index))"
+                return
+            }
+        }
+    }
+
+    mutating func finalWorkflowCheck() {
+        for (id, p) in wf.started.sorted(by: { $0.key < $1.key }) {
+            for i in nodes.indices where nodes[i].up {
+                guard let state = nodes[i].disks[p].instances[id] else {
+                    failure = "\(nodes[i].id) never applied the start of \(id)"
+                    return
+                }
+                guard state.status == .completed else {
+                    failure = "\(id) is \(state.status.rawValue) on \(nodes[i].id) after the quiet phase (version \(state.version), frames \(state.frames.keys.sorted()))"
+                    return
+                }
+            }
+            for key in ["a", "b1", "b2", "j", "l#1", "l#2", "l#3", "z"] where wf.committed["\(id)#\(key)"] != 1 {
+                failure = "\(id): the result of \(key) was committed \(wf.committed["\(id)#\(key)"] ?? 0) times"
+                return
+            }
+        }
+    }
+}
