@@ -40,6 +40,17 @@ public enum PartitionCommand: Sendable, Equatable {
     case instance(InstanceChange)
     /// Timeline lines that change no state (a task attempt starting, an adoption).
     case timeline(instance: String, entries: [[UInt8]])
+    /// Such lines for several instances of the partition at once.
+    case timelines([TimelineBatch])
+
+    public struct TimelineBatch: Sendable, Equatable {
+        public var instance: String
+        public var entries: [[UInt8]]
+        public init(instance: String, entries: [[UInt8]]) {
+            self.instance = instance
+            self.entries = entries
+        }
+    }
 
     public func encode() -> [UInt8] {
         var w = WireWriter()
@@ -62,6 +73,14 @@ public enum PartitionCommand: Sendable, Equatable {
             w.byte(4); w.string(id, max: 1 << 16)
             w.varint(UInt64(entries.count))
             for line in entries { w.blob(line) }
+        case .timelines(let batches):
+            w.byte(5)
+            w.varint(UInt64(batches.count))
+            for b in batches {
+                w.string(b.instance, max: 1 << 16)
+                w.varint(UInt64(b.entries.count))
+                for line in b.entries { w.blob(line) }
+            }
         }
         return w.bytes
     }
@@ -92,6 +111,15 @@ public enum PartitionCommand: Sendable, Equatable {
                 var lines: [[UInt8]] = []
                 for _ in 0..<(try r.count("timeline", max: 1 << 20)) { lines.append(try r.blob("line", max: RaftCodec.maxPayload)) }
                 command = .timeline(instance: id, entries: lines)
+            case 5:
+                var batches: [TimelineBatch] = []
+                for _ in 0..<(try r.count("batches", max: 1 << 20)) {
+                    let id = try r.string("id", max: 1 << 16)
+                    var lines: [[UInt8]] = []
+                    for _ in 0..<(try r.count("timeline", max: 1 << 20)) { lines.append(try r.blob("line", max: RaftCodec.maxPayload)) }
+                    batches.append(TimelineBatch(instance: id, entries: lines))
+                }
+                command = .timelines(batches)
             default: return nil
             }
             return r.atEnd ? command : nil
@@ -373,6 +401,10 @@ public final class PartitionStore: Sendable {
                 case .timeline(let id, let lines):
                     if try Int64.fetchOne(try db.cachedStatement(sql: "SELECT version FROM wf_instances WHERE id = ?"), arguments: [id]) != nil {
                         try appendTimeline(db, partition: partition, instance: id, lines)
+                    }
+                case .timelines(let batches):
+                    for b in batches where try Int64.fetchOne(try db.cachedStatement(sql: "SELECT version FROM wf_instances WHERE id = ?"), arguments: [b.instance]) != nil {
+                        try appendTimeline(db, partition: partition, instance: b.instance, b.entries)
                     }
                 }
             }

@@ -35,6 +35,8 @@ actor WorkflowEngine {
     let suspended = Mutex<Set<Int>>([])
     private var runners: [String: InstanceRunner] = [:]
     private var timers: [String: Task<Void, Never>] = [:]
+    /// Timeline lines that change no state, gathered per partition and proposed together.
+    private var notes: [Int: [PartitionCommand.TimelineBatch]] = [:]
 
     init(workflows: [Workflow], cluster: ClusterHandle, replication: Replication, node: String, logger: Logger) {
         registry = Dictionary(workflows.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
@@ -163,6 +165,25 @@ actor WorkflowEngine {
         guard await replication.owns(partition: p), owned[p] != nil else {
             throw WorkflowFailure(code: 503, what: "no_owner", description: "this node does not own partition \(p) right now; retry")
         }
+    }
+
+    /// Queues timeline lines that change no state (a task attempt starting, an adoption); the
+    /// lines of all instances of a partition gathered within a few milliseconds go into one
+    /// log entry.
+    func note(_ id: String, _ lines: [TimelineLine]) {
+        let p = partition(of: id)
+        let first = notes[p] == nil
+        notes[p, default: []].append(.init(instance: id, entries: lines.map(\.bytes)))
+        guard first else { return }
+        Task {
+            try? await Task.sleep(for: .milliseconds(2))
+            await self.flushNotes(p)
+        }
+    }
+
+    private func flushNotes(_ p: Int) async {
+        guard let batch = notes.removeValue(forKey: p), !batch.isEmpty else { return }
+        _ = try? await replication.propose(.timelines(batch), partition: p)
     }
 
     /// A runner with nothing to do leaves memory; only its timer stays.
@@ -327,8 +348,7 @@ actor InstanceRunner {
     /// Lines for the timeline that change nothing else (adoption, a task attempt starting).
     func note(_ lines: [TimelineLine]) {
         let id = state.id
-        let command = PartitionCommand.timeline(instance: id, entries: lines.map(\.bytes))
-        Task { _ = try? await self.propose(command) }
+        Task { await engine.note(id, lines) }
     }
 
     /// Starts what can run now and arms the timer, or leaves memory if there is nothing to do.
