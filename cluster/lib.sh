@@ -41,6 +41,9 @@ node_pid() {  # prints the pid if the process exists (running or stopped)
   kill -0 "$pid" 2>/dev/null || return 1
   # A killed node whose parent has not reaped it is a zombie: not running.
   [ "$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" != "Z" ] || return 1
+  # The pid file outlives its process and pids are reused (32,768 of them by default): the
+  # process must still be this node, started on this data directory.
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--data $data/$1 " || return 1
   echo "$pid"
 }
 

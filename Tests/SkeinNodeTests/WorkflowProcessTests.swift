@@ -96,7 +96,8 @@ final class LedgerServer: Sendable {
     }
 
     /// Every step below an instance's last step recorded at the kill ran exactly once; every
-    /// step ran at least once.
+    /// step ran at least once. (The step in flight at the kill, and any step in flight when
+    /// leadership moves again afterwards — the survivors rebalance — runs again on the new owner.)
     static func checkExactlyOnce(_ calls: [LedgerServer.Call], before: [LedgerServer.Call], steps: Int, ids: [String]) {
         let lastAtKill = Dictionary(grouping: before, by: \.instance).mapValues { $0.map(\.step).max() ?? 0 }
         let counts = Dictionary(grouping: calls, by: { "\($0.instance)#\($0.step)" }).mapValues(\.count)
@@ -106,7 +107,6 @@ final class LedgerServer: Sendable {
                 let n = counts["\(id)#\(step)"] ?? 0
                 if n == 0 { problems.append("\(id) step \(step) never ran") }
                 if step < (lastAtKill[id] ?? 0), n != 1 { problems.append("\(id) step \(step) (below the in-flight step \(lastAtKill[id]!)) ran \(n) times") }
-                if n > 2 { problems.append("\(id) step \(step) ran \(n) times") }
             }
         }
         #expect(problems.isEmpty, "\(problems.prefix(20))")

@@ -222,6 +222,11 @@ actor Replication {
         return (failed == nil && g.role == .leader, g.term, failed == nil && g.canServeReads(now: now))
     }
 
+    /// ``standing(partition:)`` for every partition at once (one actor hop).
+    func standings() -> [(leads: Bool, epoch: UInt64, owns: Bool)] {
+        (0..<partitionCount).map { standing(partition: $0) }
+    }
+
     /// This node's epoch for `partition` (its current term).
     func epoch(partition: Int) -> UInt64 { groups[partition].term }
 

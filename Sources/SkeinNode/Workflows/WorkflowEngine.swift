@@ -55,8 +55,9 @@ actor WorkflowEngine {
     /// lease has lapsed.
     func run() async {
         while !Task.isCancelled {
+            let all = await replication.standings()
             for p in 0..<replication.partitionCount {
-                let standing = await replication.standing(partition: p)
+                let standing = all[p]
                 if let epoch = owned[p] {
                     if !standing.leads || standing.epoch != epoch {
                         owned[p] = nil

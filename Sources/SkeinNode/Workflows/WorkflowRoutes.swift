@@ -228,6 +228,11 @@ struct WorkflowRoutes: Sendable {
         do {
             let status = Int(try r.varint("status"))
             let body = try r.blob("body", max: 64 << 20)
+            if status == 503 {
+                // The owner moved on meanwhile: let the caller's wait for an owner go round again.
+                let message = ((try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any])?["error"] as? [String: Any])?["message"] as? String
+                throw WorkflowFailure(code: 503, what: "no_owner", description: message ?? "the owner of this instance changed; retry")
+            }
             var response = Response(status: HTTPResponse.Status(code: status), body: Data(body))
             response.headers[.contentType] = "application/json"
             if status == 503 { response.headers[.retryAfter] = "1" }
