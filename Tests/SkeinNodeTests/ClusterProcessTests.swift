@@ -45,6 +45,29 @@ import Testing
         var log: String { (try? String(contentsOfFile: data + "/node.log", encoding: .utf8)) ?? "" }
     }
 
+    /// Node processes n1…nN on free ports with fresh data directories (not started yet), one
+    /// cluster secret, and the peer ports of the first `voters` nodes as everyone's seeds.
+    struct ProcessCluster {
+        let nodes: [NodeProcess]
+        let seeds: [Int]
+        let secret = "test-secret-\(UUID().uuidString)"
+
+        init(_ count: Int, voters: Int? = nil) throws {
+            let ports = ClusterProcessTests.freePorts(2 * count)
+            let root = temporaryDirectory()
+            nodes = (0..<count).map { NodeProcess(name: "n\($0 + 1)", client: ports[$0], peer: ports[count + $0], data: root + "/n\($0 + 1)") }
+            for node in nodes { try FileManager.default.createDirectory(atPath: node.data, withIntermediateDirectories: true) }
+            seeds = nodes.prefix(voters ?? count).map(\.peer)
+        }
+
+        /// Starts the seed nodes.
+        func startVoters(extra: [String] = []) throws {
+            for node in nodes.prefix(seeds.count) { try node.start(seeds: seeds, secret: secret, extra: extra) }
+        }
+
+        func killAll() { for node in nodes { node.signal(SIGKILL) } }
+    }
+
     /// Ports nobody listens on right now (bound to port 0, then released).
     static func freePorts(_ count: Int) -> [Int] {
         var sockets: [Int32] = []
@@ -96,14 +119,10 @@ import Testing
     @Test func threeNodesConvergeDetectAKillAndWelcomeTheRestart() async throws {
         await ProcessGate.shared.enter()
         defer { ProcessGate.shared.leave() }
-        let ports = Self.freePorts(6)
-        let secret = "test-secret-\(UUID().uuidString)"
-        let root = temporaryDirectory()
-        let nodes = (0..<3).map { NodeProcess(name: "n\($0 + 1)", client: ports[$0], peer: ports[3 + $0], data: root + "/n\($0 + 1)") }
-        for node in nodes { try FileManager.default.createDirectory(atPath: node.data, withIntermediateDirectories: true) }
-        defer { for node in nodes { node.signal(SIGKILL) } }
-        let seeds = nodes.map(\.peer)
-        for node in nodes { try node.start(seeds: seeds, secret: secret) }
+        let cluster = try ProcessCluster(3)
+        defer { cluster.killAll() }
+        let nodes = cluster.nodes, seeds = cluster.seeds, secret = cluster.secret
+        try cluster.startVoters()
 
         _ = try await Self.waitUntil(nodes, within: .seconds(30), "every node sees three alive members") { view in
             view.members.count == 3 && view.members.allSatisfy { $0.state == "alive" }
@@ -123,7 +142,7 @@ import Testing
         }
 
         // The peer port refuses a request that does not prove the secret, and changes nothing.
-        let body = root + "/body"
+        let body = temporaryDirectory() + "/body"
         FileManager.default.createFile(atPath: body, contents: Data([1, 0]))
         let unproven = try await run("nghttp", ["-v", "-d", body, "http://127.0.0.1:\(nodes[0].peer)/v1/peer/membership"])
         #expect(unproven.output.contains(":status: 401"), "\(unproven.output)")

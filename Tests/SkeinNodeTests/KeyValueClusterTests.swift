@@ -64,15 +64,11 @@ struct LinearizabilityCheckerTests {
     @Test func writesSurviveLeaderKillsAndHistoriesAreLinearizable() async throws {
         await ProcessGate.shared.enter()
         defer { ProcessGate.shared.leave() }
-        let ports = ClusterProcessTests.freePorts(6)
-        let secret = "test-secret-\(UUID().uuidString)"
-        let root = temporaryDirectory()
-        let nodes = (0..<3).map { NodeProcess(name: "n\($0 + 1)", client: ports[$0], peer: ports[3 + $0], data: root + "/n\($0 + 1)") }
-        for node in nodes { try FileManager.default.createDirectory(atPath: node.data, withIntermediateDirectories: true) }
-        defer { for node in nodes { node.signal(SIGKILL) } }
-        let seeds = nodes.map(\.peer)
+        let cluster = try ClusterProcessTests.ProcessCluster(3)
+        defer { cluster.killAll() }
+        let nodes = cluster.nodes, seeds = cluster.seeds, secret = cluster.secret
         let extra = ["--partitions", "4"]
-        for node in nodes { try node.start(seeds: seeds, secret: secret, extra: extra) }
+        try cluster.startVoters(extra: extra)
         try await Self.waitForLeaders(nodes, partitions: 4)
 
         let keys = (0..<5).map { "lin-\($0)" }
@@ -172,15 +168,11 @@ struct LinearizabilityCheckerTests {
     @Test func leadershipSpreadsAndReturnsToARestartedNode() async throws {
         await ProcessGate.shared.enter()
         defer { ProcessGate.shared.leave() }
-        let ports = ClusterProcessTests.freePorts(6)
-        let secret = "test-secret-\(UUID().uuidString)"
-        let root = temporaryDirectory()
-        let nodes = (0..<3).map { NodeProcess(name: "n\($0 + 1)", client: ports[$0], peer: ports[3 + $0], data: root + "/n\($0 + 1)") }
-        for node in nodes { try FileManager.default.createDirectory(atPath: node.data, withIntermediateDirectories: true) }
-        defer { for node in nodes { node.signal(SIGKILL) } }
-        let seeds = nodes.map(\.peer)
+        let cluster = try ClusterProcessTests.ProcessCluster(3)
+        defer { cluster.killAll() }
+        let nodes = cluster.nodes, seeds = cluster.seeds, secret = cluster.secret
         let extra = ["--partitions", "9"]
-        for node in nodes { try node.start(seeds: seeds, secret: secret, extra: extra) }
+        try cluster.startVoters(extra: extra)
 
         func counts(_ via: NodeProcess) async -> [String: Int]? {
             guard let v = await Self.view(via), v.partitions.count == 9, v.partitions.allSatisfy({ $0.leader != nil }) else { return nil }

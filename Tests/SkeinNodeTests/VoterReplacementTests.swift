@@ -60,15 +60,11 @@ import Testing
     @Test func aDeadVoterIsReplacedByANewNode() async throws {
         await ProcessGate.shared.enter()
         defer { ProcessGate.shared.leave() }
-        let ports = ClusterProcessTests.freePorts(8)
-        let secret = "test-secret-\(UUID().uuidString)"
-        let root = temporaryDirectory()
-        let nodes = (0..<4).map { NodeProcess(name: "n\($0 + 1)", client: ports[$0], peer: ports[4 + $0], data: root + "/n\($0 + 1)") }
-        for node in nodes { try FileManager.default.createDirectory(atPath: node.data, withIntermediateDirectories: true) }
-        defer { for node in nodes { node.signal(SIGKILL) } }
-        let seeds = nodes.prefix(3).map(\.peer)
+        let cluster = try ClusterProcessTests.ProcessCluster(4, voters: 3)
+        defer { cluster.killAll() }
+        let nodes = cluster.nodes, seeds = cluster.seeds, secret = cluster.secret
         let extra = ["--partitions", "4"]
-        for node in nodes.prefix(3) { try node.start(seeds: seeds, secret: secret, extra: extra) }
+        try cluster.startVoters(extra: extra)
         try await KeyValueClusterTests.waitForLeaders(Array(nodes.prefix(3)), partitions: 4)
         for i in 0..<40 { try await Self.write("before-\(i)", "v\(i)", via: Array(nodes.prefix(3))) }
 

@@ -177,15 +177,10 @@ final class LedgerServer: Sendable {
         defer { ProcessGate.shared.leave() }
         let ledger = try await LedgerServer.start()
         defer { Task { await ledger.stop() } }
-        let ports = ClusterProcessTests.freePorts(6)
-        let secret = "test-secret-\(UUID().uuidString)"
-        let root = temporaryDirectory()
-        let nodes = (0..<3).map { NodeProcess(name: "n\($0 + 1)", client: ports[$0], peer: ports[3 + $0], data: root + "/n\($0 + 1)") }
-        for node in nodes { try FileManager.default.createDirectory(atPath: node.data, withIntermediateDirectories: true) }
-        defer { for node in nodes { node.signal(SIGKILL) } }
-        let seeds = nodes.map(\.peer)
-        let extra = ["--partitions", "8"]
-        for node in nodes { try node.start(seeds: seeds, secret: secret, extra: extra) }
+        let cluster = try ClusterProcessTests.ProcessCluster(3)
+        defer { cluster.killAll() }
+        let nodes = cluster.nodes
+        try cluster.startVoters(extra: ["--partitions", "8"])
         try await KeyValueClusterTests.waitForLeaders(nodes, partitions: 8)
         // Leadership moves while it spreads over the nodes (and an instance's in-flight task
         // runs again on its new owner): start once it has settled, so the kill is the only move.
