@@ -27,11 +27,13 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_nodes import Nodes  # noqa: E402
+
 BIN = sys.argv[1]
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 KILLS = int(sys.argv[3]) if len(sys.argv) > 3 else 5
 CONNECTIONS = 64
-SECRET = os.urandom(16).hex()
 PARTITIONS = 16
 VALUE = b"v" * 100
 
@@ -112,26 +114,12 @@ def h2load(urls_per_client, workdir, label):
     return ok / SECONDS, p(0.50), p(0.99), ok, failed, command
 
 
-class Skein:
+class Skein(Nodes):
     def __init__(self, base):
-        self.dir = tempfile.mkdtemp(prefix="skein-bench-kv-")
-        self.client = [base + i for i in range(1, 4)]
-        self.peer = [base + 1000 + i for i in range(1, 4)]
-        self.procs = [None] * 3
-
-    def start(self, i):
-        data = os.path.join(self.dir, f"n{i + 1}")
-        os.makedirs(data, exist_ok=True)
-        log = open(os.path.join(data, "node.log"), "ab")
-        seeds = ",".join(f"127.0.0.1:{p}" for p in self.peer)
-        self.procs[i] = subprocess.Popen(
-            [BIN, "node", "--name", f"n{i + 1}", "--listen", f"127.0.0.1:{self.client[i]}",
-             "--peer", f"127.0.0.1:{self.peer[i]}", "--seeds", seeds, "--data", data, "--log-level", "notice",
-             "--slow-request-ms", "1000000"],
-            stdout=log, stderr=log, env={**os.environ, "SKEIN_CLUSTER_SECRET": SECRET})
+        super().__init__(BIN, base, prefix="skein-bench-kv-")
 
     def leaders(self, via):
-        v = get_json(self.client[via], "/v1/cluster")
+        v = self.view(via, timeout=1)
         if not v or len(v.get("partitions", [])) != PARTITIONS:
             return None
         return {p["id"]: p.get("leader") for p in v["partitions"]}
@@ -144,20 +132,6 @@ class Skein:
                 return views[0]
             time.sleep(0.05)
         raise SystemExit("bench: partitions did not all get a leader among the live nodes")
-
-    def commits(self):
-        total = 0
-        for port in self.client:
-            v = get_json(port, "/v1/cluster")
-            total += (v or {}).get("log", {}).get("commits", 0)
-        return total
-
-    def stop(self):
-        for p in self.procs:
-            if p and p.poll() is None:
-                p.kill()
-                p.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def failover(cluster, rounds):

@@ -28,11 +28,13 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_nodes import Nodes  # noqa: E402
 from datetime import datetime
 
 BIN = sys.argv[1]
 DBOS_PYTHON = sys.argv[2] if len(sys.argv) > 2 else None
-SECRET = os.urandom(16).hex()
 PARTITIONS = 16
 BASE = 24000
 
@@ -66,30 +68,9 @@ def epoch_ms(iso):
     return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1000
 
 
-class Skein:
+class Skein(Nodes):
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="skein-bench-wf-")
-        self.client = [BASE + i for i in range(1, 4)]
-        self.peer = [BASE + 1000 + i for i in range(1, 4)]
-        self.procs = [None] * 3
-
-    def start(self, i):
-        data = os.path.join(self.dir, f"n{i + 1}")
-        os.makedirs(data, exist_ok=True)
-        log = open(os.path.join(data, "node.log"), "ab")
-        seeds = ",".join(f"127.0.0.1:{p}" for p in self.peer)
-        self.procs[i] = subprocess.Popen(
-            [BIN, "node", "--name", f"n{i + 1}", "--listen", f"127.0.0.1:{self.client[i]}",
-             "--peer", f"127.0.0.1:{self.peer[i]}", "--seeds", seeds, "--data", data, "--log-level", "notice",
-             "--slow-request-ms", "1000000"],
-            stdout=log, stderr=log, env={**os.environ, "SKEIN_CLUSTER_SECRET": SECRET})
-
-    def view(self, i):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.client[i]}/v1/cluster", timeout=2) as r:
-                return json.load(r)
-        except Exception:
-            return None
+        super().__init__(BIN, BASE, prefix="skein-bench-wf-")
 
     def wait_settled(self, alive, timeout=40):
         """Every partition led by a live node, leadership spread and unchanged for 2 s."""
@@ -108,16 +89,6 @@ class Skein:
                 last, since = leaders, time.time()
             time.sleep(0.1)
         raise SystemExit("bench: leadership did not settle")
-
-    def commits(self):
-        return sum(((self.view(i) or {}).get("log") or {}).get("commits", 0) for i in range(3) if self.procs[i] and self.procs[i].poll() is None)
-
-    def stop(self):
-        for p in self.procs:
-            if p and p.poll() is None:
-                p.kill()
-                p.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_all(cluster, specs, threads=64):
