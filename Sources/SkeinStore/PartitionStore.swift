@@ -38,9 +38,8 @@ public enum PartitionCommand: Sendable, Equatable {
     case put(key: String, value: [UInt8])
     case delete(key: String)
     case instance(InstanceChange)
-    /// Timeline lines that change no state (a task attempt starting, an adoption).
-    case timeline(instance: String, entries: [[UInt8]])
-    /// Such lines for several instances of the partition at once.
+    /// Timeline lines that change no state (a task attempt starting, an adoption), for
+    /// several instances of the partition at once.
     case timelines([TimelineBatch])
 
     public struct TimelineBatch: Sendable, Equatable {
@@ -69,10 +68,6 @@ public enum PartitionCommand: Sendable, Equatable {
             for key in c.results.keys.sorted() { w.string(key, max: 1 << 16); w.blob(c.results[key]!) }
             w.varint(UInt64(c.timeline.count))
             for line in c.timeline { w.blob(line) }
-        case .timeline(let id, let entries):
-            w.byte(4); w.string(id, max: 1 << 16)
-            w.varint(UInt64(entries.count))
-            for line in entries { w.blob(line) }
         case .timelines(let batches):
             w.byte(5)
             w.varint(UInt64(batches.count))
@@ -106,11 +101,6 @@ public enum PartitionCommand: Sendable, Equatable {
                 for _ in 0..<(try r.count("timeline", max: 1 << 20)) { timeline.append(try r.blob("line", max: RaftCodec.maxPayload)) }
                 command = .instance(InstanceChange(id: id, workflow: workflow, status: status, wakeAt: wakeAt, baseVersion: base, version: version,
                                                    replace: replace, state: state, results: results, timeline: timeline))
-            case 4:
-                let id = try r.string("id", max: 1 << 16)
-                var lines: [[UInt8]] = []
-                for _ in 0..<(try r.count("timeline", max: 1 << 20)) { lines.append(try r.blob("line", max: RaftCodec.maxPayload)) }
-                command = .timeline(instance: id, entries: lines)
             case 5:
                 var batches: [TimelineBatch] = []
                 for _ in 0..<(try r.count("batches", max: 1 << 20)) {
@@ -398,10 +388,6 @@ public final class PartitionStore: Sendable {
                     existed = db.changesCount > 0
                 case .instance(let change):
                     conflict = !(try applyInstance(db, partition: partition, epoch: e.term, change))
-                case .timeline(let id, let lines):
-                    if try Int64.fetchOne(try db.cachedStatement(sql: "SELECT version FROM wf_instances WHERE id = ?"), arguments: [id]) != nil {
-                        try appendTimeline(db, partition: partition, instance: id, lines)
-                    }
                 case .timelines(let batches):
                     for b in batches where try Int64.fetchOne(try db.cachedStatement(sql: "SELECT version FROM wf_instances WHERE id = ?"), arguments: [b.instance]) != nil {
                         try appendTimeline(db, partition: partition, instance: b.instance, b.entries)
