@@ -25,6 +25,8 @@ public final class SkeinNode: Service, Sendable {
     let router: SkeinPipeline.Router
     let traces: TraceStore
     let tracer: any Tracer
+    /// Batches and sends spans to the OTLP collector, when one is configured.
+    let spanExport: (any Service)?
     let readiness = Readiness()
     let cluster: ClusterHandle
     let onServing: @Sendable (Int) async -> Void
@@ -41,7 +43,20 @@ public final class SkeinNode: Service, Sendable {
         logger[metadataKey: "node"] = "\(settings.name)"
         logger.logLevel = settings.logLevel
         self.logger = logger
-        self.tracer = tracer ?? InstrumentationSystem.tracer
+        if let tracer {
+            self.tracer = tracer
+            spanExport = nil
+        } else if let endpoint = settings.otlpEndpoint {
+            do {
+                (self.tracer, spanExport) = try SpanExport.make(endpoint: endpoint, protocol: settings.otlpProtocol, node: settings.name, logger: logger)
+            } catch {
+                throw NodeStartError("cannot export spans to \(endpoint) (--otlp-endpoint): \(error)")
+            }
+            logger.info("exporting spans over OTLP/HTTP", metadata: ["endpoint": "\(endpoint)/v1/traces", "protocol": "\(settings.otlpProtocol.rawValue)"])
+        } else {
+            self.tracer = InstrumentationSystem.tracer
+            spanExport = nil
+        }
         self.onServing = onServing
         self.workflows = workflows
         do {
@@ -133,6 +148,13 @@ public final class SkeinNode: Service, Sendable {
                     do { try await peerApp.run() } catch {
                         guard cluster.membership != nil else { throw PortFailure(address: settings.peer, flag: "--peer", error: error) }
                         logger.warning("peer port stopped with an error", metadata: ["error": "\(error)"])
+                    }
+                }
+                if let spanExport {
+                    group.addTask {
+                        do { try await spanExport.run() } catch {
+                            logger.warning("span export stopped", metadata: ["error": "\(error)"])
+                        }
                     }
                 }
                 let partitions = self.partitions

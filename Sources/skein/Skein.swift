@@ -42,6 +42,8 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: help("logLevel")) var logLevel: String?
     @Option(help: help("computeThreads")) var computeThreads: String?
     @Option(help: help("partitions")) var partitions: String?
+    @Option(help: help("otlpEndpoint")) var otlpEndpoint: String?
+    @Option(help: help("otlpProtocol")) var otlpProtocol: String?
     @Option(help: ArgumentHelp("A JSON file of settings, keyed by the names in quotes above.", valueName: "FILE"))
     var config: String?
 
@@ -56,7 +58,7 @@ struct NodeCommand: AsyncParsableCommand {
             ("name", name), ("listen", listen), ("peer", peer), ("seeds", seeds), ("data", data),
             ("clusterSecret", clusterSecret), ("maxBodySize", maxBodySize), ("slowRequestMs", slowRequestMs),
             ("traceBuffer", traceBuffer), ("logLevel", logLevel), ("computeThreads", computeThreads),
-            ("partitions", partitions),
+            ("partitions", partitions), ("otlpEndpoint", otlpEndpoint), ("otlpProtocol", otlpProtocol),
         ]
         for case let (key, value?) in given { flags[key] = value }
 

@@ -31,6 +31,8 @@ import Testing
             (["logLevel": "loud"], "--log-level"),
             (["seeds": "127.0.0.1:1,bad"], "--seeds"),
             (["name": "has space"], "--name"),
+            (["otlpEndpoint": "localhost:4318"], "--otlp-endpoint"),
+            (["otlpProtocol": "grpc"], "--otlp-protocol"),
         ]
         for (flags, named) in cases {
             await #expect {
@@ -42,6 +44,16 @@ import Testing
         await #expect(throws: SettingsError.self) {
             try await NodeSettings.load(flags: [:], configFile: "/nonexistent/skein.json", environment: [:])
         }
+    }
+
+    @Test func otlpExportIsOffUntilAnEndpointIsGiven() async throws {
+        let off = try await NodeSettings.load(flags: [:], configFile: nil, environment: [:])
+        #expect(off.otlpEndpoint == nil)
+        #expect(off.otlpProtocol == .protobuf)
+        let on = try await NodeSettings.load(flags: [:], configFile: nil, environment: [
+            "SKEIN_OTLP_ENDPOINT": "http://collector:4318/", "SKEIN_OTLP_PROTOCOL": "http/json"])
+        #expect(on.otlpEndpoint == "http://collector:4318")
+        #expect(on.otlpProtocol == .json)
     }
 
     @Test func namesAreDerivedOneWay() {

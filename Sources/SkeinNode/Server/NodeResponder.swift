@@ -30,7 +30,7 @@ struct NodeResponder: HTTPResponder {
     func respond(to request: Request, context: Context) async throws -> Hummingbird.Response {
         let arrival = ContinuousClock.now
         let incoming = request.headers[.traceparent].flatMap(TraceParent.init(header:))
-        let traceID = incoming?.traceID ?? TraceParent.randomTraceID()
+        var traceID = incoming?.traceID ?? TraceParent.randomTraceID()
         let path = request.uri.path
         let query = request.uri.query
         var response: SkeinPipeline.Response
@@ -67,8 +67,8 @@ struct NodeResponder: HTTPResponder {
         } else {
             switch router.match(method: request.method.rawValue, path: path) {
             case .found(let pipeline, let parameters, _):
-                response = await run(pipeline, request: request, path: path, query: query, parameters: parameters,
-                                     traceID: traceID, incoming: incoming, arrival: arrival)
+                (response, traceID) = await run(pipeline, request: request, path: path, query: query, parameters: parameters,
+                                                traceID: traceID, incoming: incoming, arrival: arrival)
             case .methodNotAllowed(let allow):
                 if request.method == .options {
                     response = SkeinPipeline.Response(status: .noContent)
@@ -94,8 +94,25 @@ struct NodeResponder: HTTPResponder {
     private func run(
         _ pipeline: Pipeline, request: Request, path: String, query: String?, parameters: [String: String], traceID: String,
         incoming: TraceParent?, arrival: ContinuousClock.Instant
-    ) async -> SkeinPipeline.Response {
+    ) async -> (SkeinPipeline.Response, traceID: String) {
         let startedNs = UInt64(Date().timeIntervalSince1970 * 1e9)
+        var traceID = traceID
+        var span: (any Span)?
+        if tracing {
+            var context = ServiceContext.topLevel
+            tracer.extract(request.headers, into: &context, using: HTTPFieldsExtractor())
+            let server = tracer.startSpan(pipeline.route, context: context, ofKind: .server,
+                                          at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: startedNs))
+            server.attributes["http.request.method"] = request.method.rawValue
+            server.attributes["url.path"] = path
+            if let incoming { server.attributes["skein.parent_trace"] = incoming.header }
+            // The timeline, `skein-trace-id` and the exported spans name one trace: the one the
+            // tracer chose (the caller's, when it sent a traceparent the tracer honours).
+            var written: [String: String] = [:]
+            tracer.inject(server.context, into: &written, using: TraceParentInjector())
+            if let chosen = written["traceparent"].flatMap(TraceParent.init(header:)) { traceID = chosen.traceID }
+            span = server
+        }
         var timeline = Timeline(traceID: traceID, method: request.method.rawValue, path: path,
                                 startedAtMs: Int64(startedNs / 1_000_000))
         let body: Data
@@ -107,9 +124,13 @@ struct NodeResponder: HTTPResponder {
             timeline.outcome = "fail"
             timeline.error = error
             traces.record(timeline)
-            return response
+            span?.setStatus(SpanStatus(code: .error, message: error.message))
+            span?.end()
+            return (response, traceID)
         } catch {
-            return runner.renderer.render(SkeinError(code: 400, what: "bad_request", message: "could not read the body: \(error)"))
+            span?.setStatus(SpanStatus(code: .error, message: "\(error)"))
+            span?.end()
+            return (runner.renderer.render(SkeinError(code: 400, what: "bad_request", message: "could not read the body: \(error)")), traceID)
         }
         let info = RequestInfo(
             method: request.method, path: path, query: query, headers: request.headers,
@@ -117,14 +138,7 @@ struct NodeResponder: HTTPResponder {
             receivedAtMs: Int64(startedNs / 1_000_000))
 
         let result: RunResult
-        if tracing {
-            var context = ServiceContext.topLevel
-            InstrumentationSystem.instrument.extract(request.headers, into: &context, using: HTTPFieldsExtractor())
-            let span = tracer.startSpan(pipeline.route, context: context, ofKind: .server,
-                                        at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: startedNs))
-            span.attributes["http.request.method"] = request.method.rawValue
-            span.attributes["url.path"] = path
-            if let incoming { span.attributes["skein.parent_trace"] = incoming.header }
+        if let span {
             result = await runner.run(pipeline, request: info, arrival: arrival, timeline: &timeline)
             TimelineSpans.emit(timeline, under: span, tracer: tracer, startNs: startedNs)
             if result.response.status.code >= 500 { span.setStatus(SpanStatus(code: .error, message: result.error?.message)) }
@@ -140,7 +154,7 @@ struct NodeResponder: HTTPResponder {
         if let error = result.error, error.code >= 500 {
             logger.error("request failed", metadata: ["trace": "\(traceID)", "route": "\(pipeline.route)", "error": "\(error)"])
         }
-        return result.response
+        return (result.response, traceID)
     }
 
     /// The body, at most `maxBodySize` bytes: a larger one is a 413.

@@ -19,6 +19,15 @@ public struct NodeSettings: Sendable, Equatable {
     public var logLevel: Logger.Level = .info
     public var computeThreads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
     public var partitions: Int = 16
+    /// The OpenTelemetry collector's base URL (spans go to `<url>/v1/traces`); nil: no export.
+    public var otlpEndpoint: String?
+    public var otlpProtocol: OTLPProtocol = .protobuf
+
+    /// How spans are encoded for the collector: OTLP/HTTP with protobuf or JSON bodies.
+    public enum OTLPProtocol: String, Sendable, CaseIterable {
+        case protobuf = "http/protobuf"
+        case json = "http/json"
+    }
 
     public init() {}
 
@@ -36,6 +45,8 @@ public struct NodeSettings: Sendable, Equatable {
         ("logLevel", "LEVEL", "trace, debug, info, notice, warning, error or critical (default info)"),
         ("computeThreads", "N", "threads running compute effects (default: the number of cores)"),
         ("partitions", "N", "partitions of the replicated log, fixed when the cluster is created (default 16)"),
+        ("otlpEndpoint", "URL", "OpenTelemetry collector to export spans to over OTLP/HTTP, e.g. http://127.0.0.1:4318 (spans go to <URL>/v1/traces; default: no export)"),
+        ("otlpProtocol", "PROTOCOL", "http/protobuf or http/json (default http/protobuf)"),
     ]
 
     /// `maxBodySize` → `max-body-size`.
@@ -119,6 +130,18 @@ public struct NodeSettings: Sendable, Equatable {
         if let v = try integer("partitions", min: 1) {
             guard v <= 4096 else { throw SettingsError(setting: "partitions", message: "\(describe("partitions")) is at most 4096, not \(v)") }
             settings.partitions = v
+        }
+        if let v = string("otlpEndpoint"), !v.isEmpty {
+            guard let url = URL(string: v), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host?.isEmpty == false else {
+                throw SettingsError(setting: "otlpEndpoint", message: "\(describe("otlpEndpoint")) must be an http:// or https:// URL, not '\(v)'")
+            }
+            settings.otlpEndpoint = v.hasSuffix("/") ? String(v.dropLast()) : v
+        }
+        if let v = string("otlpProtocol") {
+            guard let p = OTLPProtocol(rawValue: v.lowercased()) else {
+                throw SettingsError(setting: "otlpProtocol", message: "\(describe("otlpProtocol")) must be http/protobuf or http/json, not '\(v)'")
+            }
+            settings.otlpProtocol = p
         }
         if let v = string("logLevel") {
             guard let level = Logger.Level(rawValue: v.lowercased()) else {
