@@ -55,6 +55,45 @@ struct MembershipTests {
         return config
     }
 
+    @Test func anAckToARelayedPingCountsForOurOwnProbeAndASuspectIsProbedNext() {
+        var a = Membership(me: Self.member("a"), seeds: [], config: Self.noStalls, seed: 7, now: .zero)
+        _ = a.receive(Envelope(from: Self.member("b"), message: .announce(updates: [])), now: .zero)
+        _ = a.receive(Envelope(from: Self.member("c"), message: .announce(updates: [])), now: .zero)
+        let config = a.config
+        let ping = Self.sends(a.tick(now: .milliseconds(1)))
+        guard case .ping(_, let target, _) = ping.first?.1.message else { Issue.record("no ping: \(ping)"); return }
+        let other = target.name == "b" ? "c" : "b"
+        // The other member asks us to probe the target for it; the target answers that ping
+        // (its answer to our own is lost): it is alive, and our probe must see so.
+        let relayed = Self.sends(a.receive(Envelope(from: Self.member(other), message: .pingRequest(seq: 90, target: Self.member(target.name), updates: [])), now: .milliseconds(2)))
+        guard case .ping(let relaySeq, _, _) = relayed.first?.1.message else { Issue.record("no relayed ping: \(relayed)"); return }
+        let forwarded = Self.sends(a.receive(Envelope(from: Self.member(target.name), message: .ack(seq: relaySeq, updates: [])), now: .milliseconds(3)))
+        #expect(forwarded.map(\.0) == ["\(other):9000"], "the relay's ack still reaches who asked")
+        _ = a.tick(now: .milliseconds(1) + config.protocolPeriod)
+        #expect(a.member(named: target.name)?.state == .alive)
+
+        // Next round: the other member stays silent and is suspected; the very next probe goes
+        // to it, carrying the suspicion, so it can refute at once.
+        var t = Duration.milliseconds(1) + config.protocolPeriod
+        var next: Envelope?
+        for _ in 0..<40 where next == nil {
+            t += .milliseconds(10)
+            let out = Self.sends(a.tick(now: t))
+            for (to, envelope) in out where to == "\(target.name):9000" {
+                if case .ping(let seq, _, _) = envelope.message {
+                    _ = a.receive(Envelope(from: Self.member(target.name), message: .ack(seq: seq, updates: [])), now: t)
+                }
+            }
+            if a.member(named: other)?.state == .suspect {
+                // The probe that follows the suspicion starts in the same tick.
+                next = out.first { if case .ping = $0.1.message { true } else { false } }?.1
+            }
+        }
+        guard case .ping(_, let probed, let updates) = next?.message else { Issue.record("no probe after the suspicion"); return }
+        #expect(probed.name == other)
+        #expect(updates.first?.member.name == other && updates.first?.member.state == .suspect)
+    }
+
     @Test func aSilentMemberIsProbedIndirectlyThenSuspectedThenDead() {
         var a = Membership(me: Self.member("a"), seeds: [], config: Self.noStalls, seed: 7, now: .zero)
         _ = a.receive(Envelope(from: Self.member("b"), message: .announce(updates: [])), now: .zero)

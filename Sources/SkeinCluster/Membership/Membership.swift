@@ -177,10 +177,13 @@ public struct Membership: Sendable {
         case .ping(let seq, _, _):
             out.append(.send(to: from.peer, wrap(.ack(seq: seq, updates: piggyback(now: now)))))
         case .ack(let seq, _):
-            if var current = probe, current.seq == seq {
+            if var current = probe, current.seq == seq || from.id == current.target {
+                // Any ack from the member being probed proves it alive, its answer to a
+                // ping relayed for someone else included: our own ack may be the one lost.
                 current.acked = true
                 probe = current
-            } else if let relay = relays.removeValue(forKey: seq) {
+            }
+            if probe?.seq != seq, let relay = relays.removeValue(forKey: seq) {
                 out.append(.send(to: relay.originPeer, wrap(.ack(seq: relay.originSeq, updates: piggyback(now: now)))))
             }
         case .nack(let seq, _):
@@ -266,6 +269,11 @@ public struct Membership: Sendable {
             others[probe.target.name] = entry
             out.append(.changed(from: before, to: entry.member))
             out.append(.log(.info, "suspect \(entry.member.id): no ack to a direct or indirect probe"))
+            // Probe it next: the ping carries the suspicion (buddy system), so a member that
+            // is alive hears of it and refutes within one period rather than whenever its
+            // turn in the round comes, which may be after the suspicion runs out.
+            probeOrder.removeAll { $0 == probe.target.name }
+            probeOrder.append(probe.target.name)
         } else if !entry.suspectors.contains(me.name) {
             entry.suspectors.insert(me.name)
             others[probe.target.name] = entry

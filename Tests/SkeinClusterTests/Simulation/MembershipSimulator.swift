@@ -1,3 +1,4 @@
+import Foundation
 import HeapModule
 import SkeinCluster
 
@@ -283,16 +284,23 @@ struct MembershipSimulator {
                 send(envelope, from: i, to: target)
             case .changed(_, let member):
                 note("\(nodes[i].name) sees \(member)")
-            case .log:
-                break
+            case .log(_, let line):
+                if Self.traceMessages { print("\(Self.ms(now)) \(nodes[i].name) log: \(line)") }
             }
         }
         if nodes[i].joinedAt == nil, nodes[i].machine?.joined == true { nodes[i].joinedAt = now }
     }
 
+    /// `SKEIN_SIM_TRACE=1` with `SKEIN_SIM_SEED`: print every message and the machines' logs.
+    static let traceMessages = ProcessInfo.processInfo.environment["SKEIN_SIM_TRACE"] != nil
+
     mutating func send(_ envelope: Envelope, from: Int, to: Int) {
         if blocked.contains(Pair(from: from, to: to)) { return }
-        if random.chance(scenario.loss) { return }
+        if random.chance(scenario.loss) {
+            if Self.traceMessages { print("\(Self.ms(now)) LOST \(nodes[from].name)->\(nodes[to].name) \(String(describing: envelope).prefix(300))") }
+            return
+        }
+        if Self.traceMessages { print("\(Self.ms(now)) send \(nodes[from].name)->\(nodes[to].name) \(String(describing: envelope).prefix(300))") }
         let copies = random.chance(scenario.duplicate) ? 2 : 1
         for _ in 0..<copies {
             var delay = Duration.milliseconds(scenario.minDelayMs + random.below(scenario.maxDelayMs - scenario.minDelayMs + 1))
