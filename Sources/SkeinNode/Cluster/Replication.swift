@@ -227,6 +227,22 @@ actor Replication {
         (0..<partitionCount).map { standing(partition: $0) }
     }
 
+    /// Waits until every entry this node's log of `partition` holds now is applied here, so
+    /// the store's view of the partition includes any write whose outcome was unknown (one
+    /// that timed out may still commit). False if this node stopped leading the partition in
+    /// this epoch meanwhile, or after `limit`.
+    func settle(partition p: Int, limit: Duration = .seconds(5)) async -> Bool {
+        let g = groups[p]
+        let target = g.lastIndex
+        let term = g.term
+        let deadline = clock.now + limit
+        while g.applied < target {
+            guard failed == nil, g.role == .leader, g.term == term, clock.now < deadline else { return false }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return true
+    }
+
     /// This node's epoch for `partition` (its current term).
     func epoch(partition: Int) -> UInt64 { groups[partition].term }
 

@@ -35,6 +35,9 @@ actor WorkflowEngine {
     let suspended = Mutex<Set<Int>>([])
     private var runners: [String: InstanceRunner] = [:]
     private var timers: [String: Task<Void, Never>] = [:]
+    /// Instances whose runner stopped while this node led their partition without holding
+    /// its lease: picked up again once the lease is back.
+    private var stalled: [Int: Set<String>] = [:]
     /// Timeline lines that change no state, gathered per partition and proposed together.
     private var notes: [Int: [PartitionCommand.TimelineBatch]] = [:]
 
@@ -65,6 +68,7 @@ actor WorkflowEngine {
                         if standing.owns { owned[p] = standing.epoch; await adopt(p) }
                     } else if standing.owns, suspended.withLock({ $0.remove(p) }) != nil {
                         for (id, runner) in runners where partition(of: id) == p { await runner.kick() }
+                        for id in stalled.removeValue(forKey: p) ?? [] { await reload(id, partition: p) }
                     } else if !standing.owns {
                         suspended.withLock { _ = $0.insert(p) }
                     }
@@ -91,8 +95,16 @@ actor WorkflowEngine {
         let epoch = await replication.epoch(partition: p)
         var resumed = 0
         for s in stored {
-            guard let runner = makeRunner(s) else { continue }
-            runners[s.id] = runner
+            // One runner per instance: one an operation loaded while this adoption read the
+            // store (or before) goes on; a second would run every task again beside it.
+            let runner: InstanceRunner
+            if let existing = runners[s.id] {
+                runner = existing
+            } else {
+                guard let fresh = makeRunner(s) else { continue }
+                runners[s.id] = fresh
+                runner = fresh
+            }
             let line = TimelineLine(at: Self.now(), kind: "adopted", node: node, epoch: epoch, detail: "owner since epoch \(s.epoch) gone; resuming from version \(s.version)")
             if s.epoch != epoch { await runner.note([line]) }
             await runner.kick()
@@ -105,6 +117,8 @@ actor WorkflowEngine {
 
     private func release(_ p: Int) async {
         suspended.withLock { _ = $0.remove(p) }
+        // Adoption, if this node owns the partition again, resumes every unfinished instance.
+        stalled[p] = nil
         for (id, runner) in runners where partition(of: id) == p {
             runners[id] = nil
             await runner.stop()
@@ -122,9 +136,48 @@ actor WorkflowEngine {
         guard runners[id] === runner else { return }
         runners[id] = nil
         let p = partition(of: id)
-        guard owned[p] != nil, await replication.owns(partition: p),
-              let stored = try? await replication.store.instance(id), let fresh = makeRunner(stored) else { return }
+        // Not leading it any more: whoever owns the partition next adopts the instance.
+        guard owned[p] != nil else { return }
+        guard await replication.owns(partition: p) else {
+            // Still the leader but the lease lapsed (a commit timed out under load, say): the
+            // partition stays ours, so no adoption would ever pick this instance up again.
+            // Take it back when the lease returns.
+            stalled[p, default: []].insert(id)
+            suspended.withLock { _ = $0.insert(p) }
+            return
+        }
+        await reload(id, partition: p)
+    }
+
+    /// A fresh runner for `id` from what is committed, unless one runs already.
+    private func reload(_ id: String, partition p: Int) async {
+        guard owned[p] != nil, runners[id] == nil else { return }
+        // The checkpoint that failed may still commit: resume from the store only once it
+        // has caught up with everything proposed, or a task whose result is committed would
+        // run again.
+        guard await replication.settle(partition: p) else {
+            if owned[p] != nil {
+                stalled[p, default: []].insert(id)
+                suspended.withLock { _ = $0.insert(p) }
+            }
+            return
+        }
+        guard owned[p] != nil, runners[id] == nil else { return }
+        let stored: PartitionStore.StoredInstance?
+        do {
+            stored = try await replication.store.instance(id)
+        } catch {
+            logger.error("cannot read an instance to resume it", metadata: ["instance": "\(id)", "error": "\(error)"])
+            stalled[p, default: []].insert(id)
+            suspended.withLock { _ = $0.insert(p) }
+            return
+        }
+        guard let stored, runners[id] == nil, let fresh = makeRunner(stored) else { return }
         runners[id] = fresh
+        // Its task in flight, if any, runs again: the timeline says why.
+        let epoch = await replication.epoch(partition: p)
+        await fresh.note([TimelineLine(at: Self.now(), kind: "resumed", node: node, epoch: epoch,
+                                       detail: "a checkpoint could not commit; resuming from version \(stored.version)")])
         await fresh.kick()
     }
 
@@ -153,6 +206,8 @@ actor WorkflowEngine {
         try await requireOwnership(of: id)
         if let r = runners[id] { return r }
         guard let stored = try await replication.store.instance(id) else { return nil }
+        // Another call (or an adoption) may have loaded it while the store was read.
+        if let r = runners[id] { return r }
         guard let r = makeRunner(stored) else {
             throw WorkflowFailure(code: 409, what: "definition_mismatch", description: "instance \(id) cannot be run by this node's definition of its workflow")
         }
@@ -237,7 +292,8 @@ actor WorkflowEngine {
         let p = partition(of: id)
         let runner = InstanceRunner(engine: self, machine: machine, state: t.state, partition: p)
         try await runner.commitStart(t, replace: existing != nil)
-        runners[id] = runner
+        // This runner holds the newest committed version: any other loaded meanwhile stops.
+        if let other = runners.updateValue(runner, forKey: id), other !== runner { await other.stop() }
         await runner.kick()
         return (t.state, true)
     }
@@ -471,7 +527,20 @@ actor InstanceRunner {
     }
 
     private func propose(_ command: PartitionCommand) async throws -> AppliedEntry {
-        try await engine.replication.propose(command, partition: partition)
+        let deadline = ContinuousClock.now + .seconds(3)
+        while true {
+            do {
+                return try await engine.replication.propose(command, partition: partition)
+            } catch ReplicationError.notLeader(_, nil) where !stopped && ContinuousClock.now < deadline {
+                // This node leads but is handing the partition to another voter (proposals
+                // wait meanwhile). Keep the task's result and try again: if the handover
+                // completes, the engine stops this runner and the new owner runs the task.
+                guard await engine.replication.standing(partition: partition).leads else {
+                    throw ReplicationError.notLeader(partition: partition, leader: nil)
+                }
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+        }
     }
 
     static func encode(_ state: InstanceState) throws -> [UInt8] {
