@@ -34,6 +34,10 @@ public struct Frame: Codable, Sendable, Equatable {
     public var chosen: String?
     /// Delay: when it ends. Signal: when the wait times out.
     public var wakeAt: Int64?
+    /// A task with a timeout: when its current attempt must have finished (milliseconds since
+    /// 1970), fixed by the checkpoint that made the attempt runnable, so an owner that takes
+    /// the instance over mid-attempt gives it only what is left.
+    public var deadline: Int64?
 
     public init(kind: Kind, input: Payload? = nil) {
         self.kind = kind
@@ -77,6 +81,18 @@ public struct TaskRun: Sendable, Equatable {
     public let attempt: Int
     public let input: Payload
     public let timeout: Duration?
+    /// When this attempt must have finished (set whenever `timeout` is): a run started after
+    /// a failover gets what remains of it, not a fresh timeout.
+    public let deadline: Int64?
+
+    public init(node: String, key: String, attempt: Int, input: Payload, timeout: Duration?, deadline: Int64? = nil) {
+        self.node = node
+        self.key = key
+        self.attempt = attempt
+        self.input = input
+        self.timeout = timeout
+        self.deadline = deadline
+    }
 }
 
 /// Something that changes an instance.

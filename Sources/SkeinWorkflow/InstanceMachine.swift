@@ -44,6 +44,7 @@ public struct InstanceMachine: Sendable {
         run.enter(workflow.root.id, input)
         run.fireTimers()
         run.settle(boundary: false)
+        run.stampDeadlines()
         run.state.version = 1
         return run.transition
     }
@@ -55,7 +56,8 @@ public struct InstanceMachine: Sendable {
             let f = state.frames[id]!
             guard f.kind == .task || f.kind == .join || f.kind == .loop, f.notBefore.map({ $0 <= now }) ?? true,
                   let input = f.input, let task = workflow.task(for: id) else { return nil }
-            return TaskRun(node: id, key: f.kind == .loop ? "\(id)#\(f.index)" : id, attempt: f.attempt, input: input, timeout: task.options.timeout)
+            return TaskRun(node: id, key: f.kind == .loop ? "\(id)#\(f.index)" : id, attempt: f.attempt, input: input,
+                           timeout: task.options.timeout, deadline: f.deadline)
         }
     }
 
@@ -64,6 +66,7 @@ public struct InstanceMachine: Sendable {
     public func apply(_ event: InstanceEvent, to state: InstanceState, now: Int64) -> Transition {
         var run = Run(machine: self, transition: Transition(state: state), now: now)
         run.handle(event)
+        if run.transition.changed { run.stampDeadlines() }
         return run.transition
     }
 }
@@ -81,6 +84,15 @@ struct Run {
 
     mutating func log(_ kind: String, task: String? = nil, attempt: Int? = nil, durationMs: Int? = nil, detail: String? = nil) {
         transition.timeline.append(TimelineEntry(at: now, kind: kind, task: task, attempt: attempt, durationMs: durationMs, detail: detail))
+    }
+
+    /// Fixes the deadline of every attempt this change makes runnable: the checkpoint that
+    /// carries it is committed before the attempt starts, so the deadline is durable.
+    mutating func stampDeadlines() {
+        for run in machine.runnable(state, now: now) where run.deadline == nil {
+            guard let timeout = run.timeout else { continue }
+            state.frames[run.node]!.deadline = now + timeout.milliseconds
+        }
     }
 
     mutating func unchanged(_ why: String? = nil) {
@@ -108,6 +120,7 @@ struct Run {
                 let at = now + options.retry.delay(after: attempt).milliseconds
                 state.frames[id]!.attempt = attempt + 1
                 state.frames[id]!.notBefore = at
+                state.frames[id]!.deadline = nil
                 log("retry_scheduled", task: key, attempt: attempt + 1, detail: "at \(at)")
             } else {
                 let tries = attempt == 1 ? "1 attempt" : "\(attempt) attempts"
@@ -277,6 +290,7 @@ struct Run {
             }
         }
         state.frames[id]!.index += 1
+        state.frames[id]!.deadline = nil
         state.frames[id]!.input = decoded.value
         state.frames[id]!.attempt = 1
     }

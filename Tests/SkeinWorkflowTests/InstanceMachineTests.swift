@@ -243,6 +243,45 @@ struct InstanceMachineTests {
         #expect(n.state.wakeAt == n.now + 250)
     }
 
+    @Test("a timeout's deadline is durable: fixed when the attempt becomes runnable, kept across a failover, new for a retry and for each loop round")
+    func durableDeadlines() async throws {
+        let w = try flow(Int.self)
+            .then("slow", TaskOptions(timeout: .seconds(30), retry: TaskRetry(maxRetries: 1, initialDelay: .seconds(1)))) { (x: Int, ctx) in
+                if ctx.attempt == 1 { throw Boom() }
+                return x
+            }
+            .loop("round", maxIterations: 10, TaskOptions(timeout: .seconds(5))) { x, _ in x >= 2 ? .done(x) : .again(x + 1) }
+            .build("deadlines")
+        var d = try Driver(w, input: 0)
+        let started = d.now
+        #expect(d.runnable().map(\.deadline) == [started + 30_000])
+        // Time passes and the owner dies mid-attempt: the next owner sees the same deadline.
+        d.now += 12_000
+        try d.checkpoint()
+        #expect(d.runnable().map(\.deadline) == [started + 30_000])
+        // The attempt fails; the retry gets its own deadline once it becomes runnable.
+        try await d.run(d.runnable()[0])
+        #expect(d.runnable().isEmpty)
+        d.now += 1_000
+        try d.apply(.timer)
+        #expect(d.runnable().map(\.attempt) == [2])
+        #expect(d.runnable().map(\.deadline) == [d.now + 30_000])
+        try await d.run(d.runnable()[0])
+        // Each round of the loop has a deadline of its own.
+        let first = try #require(d.runnable().first)
+        #expect(first.key == "round#1" && first.deadline == d.now + 5_000)
+        d.now += 100
+        try await d.run(first)
+        #expect(d.runnable().first.map { ($0.key, $0.deadline) } ?? ("", nil) == ("round#2", d.now + 5_000))
+        try await d.drive()
+        #expect(d.state.status == .completed)
+        // A task without a timeout has no deadline.
+        var plain = try Driver(try flow(Int.self).then("a") { (x: Int, _) in x }.build("plain"), input: 1)
+        #expect(plain.runnable().map(\.deadline) == [nil])
+        try await plain.drive()
+        #expect(plain.state.status == .completed)
+    }
+
     @Test("loops go round until done; at the maximum they fail or leave with the last value")
     func loops() async throws {
         let countdown = try flow(Int.self).loop("tick", maxIterations: 100) { x, _ in x <= 1 ? .done(0) : .again(x - 1) }.build("c")

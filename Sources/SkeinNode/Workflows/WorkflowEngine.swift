@@ -443,7 +443,10 @@ actor InstanceRunner {
             let began = ContinuousClock.now
             let event: InstanceEvent
             do {
-                let output = try await Self.withTimeout(run.timeout) { try await body(run.input, context) }
+                // The attempt's deadline is durable: run again after a failover, it gets what is
+                // left of its timeout, not a fresh one.
+                let left: Duration? = run.deadline.map { .milliseconds(max(0, $0 - WorkflowEngine.now())) } ?? run.timeout
+                let output = try await Self.withTimeout(left, reported: run.timeout) { try await body(run.input, context) }
                 event = .taskCompleted(key: run.key, attempt: run.attempt, output: output, durationMs: Self.ms(since: began))
             } catch is CancellationError where Task.isCancelled {
                 return
@@ -559,13 +562,17 @@ actor InstanceRunner {
         var description: String { "timed out after \(after)" }
     }
 
-    static func withTimeout(_ timeout: Duration?, _ body: @escaping @Sendable () async throws -> Payload) async throws -> Payload {
+    /// Runs `body`, failing with ``TimedOut`` (naming the task's timeout, `reported`) once
+    /// `timeout` has passed; at once when none is left.
+    static func withTimeout(_ timeout: Duration?, reported: Duration? = nil, _ body: @escaping @Sendable () async throws -> Payload) async throws -> Payload {
         guard let timeout else { return try await body() }
+        let named = reported ?? timeout
+        guard timeout > .zero else { throw TimedOut(after: named) }
         return try await withThrowingTaskGroup(of: Payload.self) { group in
             group.addTask { try await body() }
             group.addTask {
                 try await Task.sleep(for: timeout)
-                throw TimedOut(after: timeout)
+                throw TimedOut(after: named)
             }
             defer { group.cancelAll() }
             return try await group.next()!
