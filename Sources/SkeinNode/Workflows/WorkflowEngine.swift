@@ -315,6 +315,13 @@ actor WorkflowEngine {
     }
 
     func epoch(of id: String) async -> UInt64 { await replication.epoch(partition: partition(of: id)) }
+
+    /// The instance's state once a checkpoint after `version` is committed here, or at
+    /// `deadline`; nil when it does not run in memory here (parked, or not owned).
+    func change(of id: String, after version: UInt64, until deadline: ContinuousClock.Instant) async -> InstanceState? {
+        guard let runner = runners[id] else { return nil }
+        return await runner.change(after: version, until: deadline)
+    }
 }
 
 /// One timeline line as stored and served: the core's entry plus where it happened.
@@ -367,6 +374,9 @@ actor InstanceRunner {
     private var running: [String: Task<Void, Never>] = [:]
     private var timer: Task<Void, Never>?
     private var stopped = false
+    /// Callers waiting for the state to move past a version (`?wait=` on a start).
+    private var watchers: [Int: (after: UInt64, continuation: CheckedContinuation<InstanceState, Never>)] = [:]
+    private var nextWatcher = 0
 
     init(engine: WorkflowEngine, machine: InstanceMachine, state: InstanceState, partition: Int) {
         self.engine = engine
@@ -377,8 +387,37 @@ actor InstanceRunner {
 
     var current: InstanceState { state }
 
+    /// The state once a checkpoint after `version` is committed, or as it is at `deadline`
+    /// (or when this runner stops).
+    func change(after version: UInt64, until deadline: ContinuousClock.Instant) async -> InstanceState {
+        if state.version > version || stopped { return state }
+        let id = nextWatcher
+        nextWatcher += 1
+        let timeout = Task { [weak self] in
+            try? await Task.sleep(until: deadline)
+            await self?.release(watcher: id)
+        }
+        let changed = await withCheckedContinuation { continuation in
+            watchers[id] = (version, continuation)
+        }
+        timeout.cancel()
+        return changed
+    }
+
+    private func release(watcher id: Int) {
+        watchers.removeValue(forKey: id)?.continuation.resume(returning: state)
+    }
+
+    private func notifyWatchers(all: Bool = false) {
+        for (id, w) in watchers where all || state.version > w.after {
+            watchers[id] = nil
+            w.continuation.resume(returning: state)
+        }
+    }
+
     func stop() {
         stopped = true
+        notifyWatchers(all: true)
         for (_, task) in running { task.cancel() }
         running = [:]
         timer?.cancel()
@@ -511,6 +550,7 @@ actor InstanceRunner {
                         throw WorkflowFailure(code: 409, what: "conflict", description: "instance \(state.id) changed elsewhere; retry")
                     }
                     state = next
+                    notifyWatchers()
                 } catch {
                     for item in batch { item.continuation.resume(throwing: error) }
                     // Without a commit this node may no longer own the instance: let the

@@ -179,6 +179,12 @@ struct WorkflowRoutes: Sendable {
             s.status == .inProgress || (s.status == .waiting && !s.frames.values.contains { $0.kind == .delay || $0.kind == .signal })
         }
         while wait > 0, running(state), ContinuousClock.now < deadline {
+            // Woken by the runner as each checkpoint commits; a parked or moved instance is read
+            // again after a short pause.
+            if let changed = await engine.change(of: body.id, after: state.version, until: deadline), changed.version > state.version {
+                state = changed
+                continue
+            }
             try await Task.sleep(for: .milliseconds(5))
             guard let (latest, _) = try await engine.state(body.id) else { break }
             state = latest
