@@ -112,3 +112,90 @@ import Testing
         await connection.close()
     }
 }
+
+/// The long-lived Raft stream: its framing, and a real node reading it.
+@Suite struct RaftStreamTests {
+    @Test func framesRoundTripWhateverTheChunksAndRefuseTampering() throws {
+        let auth = PeerAuth(secret: "s")
+        var stream = PeerStreamFrame.encode([1, 2, 3], sequence: 0, stream: "abc", auth: auth)
+        var second = PeerStreamFrame.encode([4, 5], sequence: 1, stream: "abc", auth: auth)
+        stream.writeBuffer(&second)
+        let whole = Array(stream.readableBytesView)
+        // Fed a byte at a time, each frame comes out once it is whole, in order.
+        var buffer = ByteBuffer()
+        var payloads: [[UInt8]] = []
+        for byte in whole {
+            buffer.writeInteger(byte)
+            while let payload = try PeerStreamFrame.next(from: &buffer, sequence: UInt64(payloads.count), stream: "abc", auth: auth, limit: 100) {
+                payloads.append(payload)
+            }
+        }
+        #expect(payloads == [[1, 2, 3], [4, 5]])
+        #expect(buffer.readableBytes == 0)
+
+        func refusal(_ bytes: [UInt8], sequence: UInt64 = 0, stream name: String = "abc", auth: PeerAuth = auth, limit: Int = 100) -> String? {
+            var buffer = ByteBuffer(bytes: bytes)
+            do {
+                _ = try PeerStreamFrame.next(from: &buffer, sequence: sequence, stream: name, auth: auth, limit: limit)
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        let first = Array(whole.prefix(4 + PeerStreamFrame.macSize + 3))
+        #expect(refusal(first) == nil)
+        #expect(refusal(first, sequence: 1)?.contains("does not prove") == true, "a frame replayed at another place")
+        #expect(refusal(first, stream: "abd")?.contains("does not prove") == true, "a frame moved to another stream")
+        #expect(refusal(first, auth: PeerAuth(secret: "t"))?.contains("does not prove") == true, "another secret")
+        var flipped = first
+        flipped[flipped.count - 1] ^= 1
+        #expect(refusal(flipped)?.contains("does not prove") == true, "a changed payload")
+        #expect(refusal(first, limit: 2)?.contains("exceeds") == true)
+    }
+
+    @Test func aNodeStepsWhatItsStreamCarriesAndRefusesAStreamWithoutProof() async throws {
+        let (node, port) = try await PeerTransportTests.node(secret: "s")
+        defer { Task { await node.stop() } }
+        let me = "127.0.0.1:\(port)"
+        var partitions = 0
+        for _ in 0..<100 where partitions == 0 {
+            partitions = try await Self.partitions(node).count
+            if partitions == 0 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        try #require(partitions > 0, "the node's partitions never came up")
+        // Without the secret, or with another partition count, the stream is refused at once.
+        let stranger = try PeerConnection(address: me, auth: PeerAuth(secret: "x"), traffic: PeerTraffic(), logger: .init(label: "t"))
+        let refused = try await stranger.post(path: PeerConnection.raftStreamPath, body: [], headers: [(PeerConnection.partitionsHeader, "\(partitions)")])
+        #expect(refused.status == 401)
+        let connection = try PeerConnection(address: me, auth: PeerAuth(secret: "s"), traffic: PeerTraffic(), logger: .init(label: "t"))
+        let otherCount = try await connection.post(path: PeerConnection.raftStreamPath, body: [], headers: [(PeerConnection.partitionsHeader, "\(partitions + 1)")])
+        #expect(otherCount.status == 409)
+        // On the stream the replication driver uses: a frame that is not a Raft batch ends the
+        // stream (the node lives); the sender opens a new one, and a heartbeat of a later epoch
+        // from another leader on it is stepped: the node follows that leader.
+        let traffic = PeerTraffic()
+        let sender = try PeerConnection(address: me, auth: PeerAuth(secret: "s"), traffic: traffic, logger: .init(label: "t"))
+        try await sender.sendRaft([1, 2, 3], partitionCount: partitions)
+        #expect(try await node.request("GET", "/healthz").status == 200)
+        #expect(try await Self.partitions(node)[0].epoch < 100)
+        let heartbeat = RaftMessage(partition: 0, from: "127.0.0.1:1", to: me, term: 100, body: .heartbeat(commit: 0, sentAt: .zero))
+        let batch = RaftCodec.encode(RaftBatch(partitionCount: partitions, from: "127.0.0.1:1", messages: [heartbeat]))
+        var followed = false
+        for _ in 0..<100 where !followed {
+            try await sender.sendRaft(batch, partitionCount: partitions)
+            try await Task.sleep(for: .milliseconds(20))
+            followed = try await Self.partitions(node)[0].epoch == 100
+        }
+        #expect(followed, "the heartbeat on the stream was not stepped")
+        #expect(traffic.requestsOut.load(ordering: .relaxed) == 2, "one stream ended by the bad frame, one that carried the heartbeat")
+        await sender.close()
+        await connection.close()
+        await stranger.close()
+    }
+
+    static func partitions(_ node: TestNode) async throws -> [(epoch: Int, leader: String?)] {
+        let view = try await node.request("GET", "/v1/cluster").json() as? [String: Any]
+        let partitions = try #require(view?["partitions"] as? [[String: Any]])
+        return partitions.map { (($0["epoch"] as? Int) ?? -1, $0["leader"] as? String) }
+    }
+}

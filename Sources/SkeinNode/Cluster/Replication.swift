@@ -44,12 +44,10 @@ struct PartitionStatus: Sendable {
 /// The imperative shell around the node's Raft groups, one per partition: it feeds them ticks
 /// (every 10 ms, on a monotonic clock) and peer messages, writes what they ask to persist in
 /// one SQLite transaction per round (the group commit: everything that arrived while the
-/// previous fsync ran goes into the next), then sends their messages — batched per peer, one
-/// request in flight per peer so appends stay in order — and applies committed entries.
+/// previous fsync ran goes into the next), then sends their messages — batched per peer, in
+/// order, as frames of one long-lived HTTP/2 stream per peer — and applies committed entries.
 /// Writers wait until their entry is applied with the term it was proposed in.
 actor Replication {
-    static let raftPath = "/v1/peer/raft"
-
     let me: RaftNodeID
     let store: PartitionStore
     let peers: PeerClients
@@ -67,16 +65,6 @@ actor Replication {
     private var waiters: [WaiterKey: Waiter] = [:]
     private var outbox: [RaftNodeID: [RaftMessage]] = [:]
     private var sending: Set<RaftNodeID> = []
-    /// Completed group commits, and peers' requests waiting for one to carry their answers.
-    private var commitRounds = 0
-    private var inlineWaiters: [InlineWaiter] = []
-
-    struct InlineWaiter {
-        var round: Int
-        var peer: RaftNodeID
-        var replies: [RaftMessage]
-        var continuation: CheckedContinuation<[RaftMessage], Never>
-    }
     private let published: Mutex<[PartitionStatus]>
     /// Group commits that fsynced (apply-only ones skip it) and entries they persisted, for
     /// `/v1/cluster` and the benchmark's fsyncs-per-write figure.
@@ -137,54 +125,19 @@ actor Replication {
         }
         for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.timedOut(partition: 0)) }
         waiters = [:]
-        answerInlineWaiters(all: true)
     }
 
     /// Every partition's leader and epoch, as last published.
     nonisolated var status: [PartitionStatus] { published.withLock { $0 } }
 
-    /// Steps a batch from a peer and returns the messages for that peer to carry back in
-    /// the HTTP answer. When the batch needs this node's disk (appends, a snapshot, a vote),
-    /// the answer waits for the group commit that makes it durable and carries the
-    /// acknowledgements, so they need no request of their own; heartbeat answers come back at once.
-    @discardableResult
-    func receive(_ batch: RaftBatch, answerInline: Bool = true) async -> [RaftMessage] {
+    /// Steps a batch from a peer. What it asks to persist goes into the next group commit;
+    /// the answers travel on this node's own stream to the peer.
+    func receive(_ batch: RaftBatch) {
         let t = now
-        var stepped = Set<Int>()
         for m in batch.messages where m.to == me {
             groups[m.partition].step(m, now: t)
-            stepped.insert(m.partition)
         }
-        let wasWriting = writing
-        let replies = pump(replyTo: answerInline ? batch.from : nil)
-        guard answerInline, failed == nil else { return replies }
-        let round: Int
-        if wasWriting {
-            // What the batch asked for goes into the next group commit, if anything.
-            guard stepped.contains(where: { groups[$0].readyNeedsStorage }) else { return replies }
-            round = commitRounds + 2
-        } else {
-            guard writing else { return replies }
-            round = commitRounds + 1
-        }
-        return await withCheckedContinuation { continuation in
-            inlineWaiters.append(InlineWaiter(round: round, peer: batch.from, replies: replies, continuation: continuation))
-        }
-    }
-
-    /// Answers the peers' requests whose group commit is done (or all of them when nothing
-    /// is being written), with everything queued for them.
-    private func answerInlineWaiters(all: Bool) {
-        guard !inlineWaiters.isEmpty else { return }
-        var waiting: [InlineWaiter] = []
-        for w in inlineWaiters {
-            if all || w.round <= commitRounds {
-                w.continuation.resume(returning: w.replies + (outbox.removeValue(forKey: w.peer) ?? []))
-            } else {
-                waiting.append(w)
-            }
-        }
-        inlineWaiters = waiting
+        pump()
     }
 
     /// Membership declared `peer` dead: its partitions elect as soon as the vote promises end.
@@ -341,9 +294,8 @@ actor Replication {
     }
 
     /// Starts the next group commit if none is under way and any partition has work.
-    @discardableResult
-    private func pump(replyTo: RaftNodeID? = nil) -> [RaftMessage] {
-        guard failed == nil else { return [] }
+    private func pump() {
+        guard failed == nil else { return }
         publish()
         var readies: [(Int, RaftReady)] = []
         var immediate: [RaftMessage] = []
@@ -363,17 +315,11 @@ actor Replication {
                 readies.append((g.partition, r))
             }
         }
-        var replies: [RaftMessage] = []
         if !immediate.isEmpty {
-            for m in immediate {
-                if m.to == replyTo { replies.append(m) } else { outbox[m.to, default: []].append(m) }
-            }
+            for m in immediate { outbox[m.to, default: []].append(m) }
             startSending()
         }
-        guard !readies.isEmpty else {
-            if !writing { answerInlineWaiters(all: true) }
-            return replies
-        }
+        guard !readies.isEmpty else { return }
         writing = true
         let writes = readies.map { PartitionWrite(partition: $0.0, ready: $0.1) }
         let store = self.store
@@ -385,12 +331,10 @@ actor Replication {
                 self.storageFailed(error)
             }
         }
-        return replies
     }
 
     private func committed(_ readies: [(Int, RaftReady)], snapshots: [Int: [UInt8]], applied: [AppliedEntry]) {
         writing = false
-        commitRounds += 1
         if readies.contains(where: { $0.1.mustSync }) { commits.add(1, ordering: .relaxed) }
         entriesPersisted.add(readies.reduce(0) { $0 + $1.1.entries.count }, ordering: .relaxed)
         for (p, r) in readies {
@@ -414,7 +358,6 @@ actor Replication {
             groups[p].advance(now: t)
             compactIfLong(p)
         }
-        answerInlineWaiters(all: false)
         startSending()
         pump()
     }
@@ -447,10 +390,9 @@ actor Replication {
         logger.critical("the partition log could not be written; this node stops taking part in replication", metadata: ["error": "\(why)"])
         for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.storageFailed(why)) }
         waiters = [:]
-        answerInlineWaiters(all: true)
     }
 
-    /// Sends everything queued for `to`, one request at a time, until the queue is empty.
+    /// Sends everything queued for `to`, in order, until the queue is empty.
     private func drain(_ to: RaftNodeID) async {
         defer { sending.remove(to) }
         while let pending = outbox.removeValue(forKey: to), !pending.isEmpty {
@@ -468,14 +410,7 @@ actor Replication {
             for messages in batches {
                 let body = RaftCodec.encode(RaftBatch(partitionCount: partitionCount, from: me, messages: messages))
                 do {
-                    let answer = try await peers.connection(to: to).post(path: Self.raftPath, body: body)
-                    if answer.status == 200 {
-                        // Answers that needed no fsync ride back in the response.
-                        await receive(try RaftCodec.decode(answer.body), answerInline: false)
-                    } else if answer.status != 204 {
-                        logger.warning("peer refused raft messages", metadata: [
-                            "peer": "\(to)", "status": "\(answer.status)", "answer": "\(String(decoding: answer.body.prefix(200), as: UTF8.self))"])
-                    }
+                    try await peers.connection(to: to).sendRaft(body, partitionCount: partitionCount)
                 } catch {
                     // Raft resends what matters; the connection logs its own failures.
                     logger.trace("raft messages not delivered", metadata: ["peer": "\(to)", "why": "\(error)"])

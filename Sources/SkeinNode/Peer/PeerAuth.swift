@@ -32,6 +32,24 @@ final class PeerAuth: Sendable {
         return "t=\(timestamp),n=\(nonce),m=\(Data(code).base64EncodedString())"
     }
 
+    /// The proof (`m=`) part of a `skein-auth` header: a long-lived stream's name in its frames' MACs.
+    static func proof(ofHeader header: String) -> Substring? {
+        for part in header.split(separator: ",") where part.hasPrefix("m=") { return part.dropFirst(2) }
+        return nil
+    }
+
+    /// The MAC of one frame of a long-lived peer stream, keyed by the secret, over the proof
+    /// that opened the stream (itself checked and never accepted twice), the frame's position in
+    /// the stream and its payload: a frame cannot be forged, replayed, reordered or moved to
+    /// another stream.
+    func frameCode(stream: some StringProtocol, sequence: UInt64, payload: UnsafeRawBufferPointer) -> HMAC<SHA256>.MAC {
+        var hmac = HMAC<SHA256>(key: key)
+        hmac.update(data: Data("skein-frame-v1\n\(stream)\n".utf8))
+        withUnsafeBytes(of: sequence.bigEndian) { hmac.update(data: $0) }
+        hmac.update(data: payload)
+        return hmac.finalize()
+    }
+
     /// nil if the request proves the secret; otherwise why not, for the log (never for the caller).
     func verify(header: String?, method: String, path: String, body: [UInt8], now: Date = Date()) -> String? {
         guard let header else { return "no \(Self.header) header" }

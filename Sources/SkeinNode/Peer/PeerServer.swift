@@ -7,6 +7,7 @@ import HummingbirdCore
 import HummingbirdHTTP2
 import Logging
 import NIOCore
+import ServiceLifecycle
 import SkeinCluster
 
 /// The peer port's connections: HTTP/2 with prior knowledge only (anything else fails the
@@ -48,12 +49,13 @@ struct PeerResponder: HTTPResponder {
     func respond(to request: Request, context: Context) async throws -> Hummingbird.Response {
         let path = request.uri.path
         cluster.traffic.requestsIn.add(1, ordering: .relaxed)
+        if path == PeerConnection.raftStreamPath { return raftStream(request) }
         let body: [UInt8]
         do {
-            var buffer = try await request.body.collect(upTo: path == Replication.raftPath ? PeerLimits.maxRaftBody : PeerLimits.maxBody)
+            var buffer = try await request.body.collect(upTo: PeerLimits.maxBody)
             body = buffer.readBytes(length: buffer.readableBytes) ?? []
         } catch {
-            return Self.answer(.contentTooLarge, "peer request body exceeds \(path == Replication.raftPath ? PeerLimits.maxRaftBody : PeerLimits.maxBody) bytes")
+            return Self.answer(.contentTooLarge, "peer request body exceeds \(PeerLimits.maxBody) bytes")
         }
         if let why = auth.verify(header: request.headers[HTTPField.Name(PeerAuth.header)!], method: request.method.rawValue,
                                  path: path, body: body) {
@@ -63,7 +65,6 @@ struct PeerResponder: HTTPResponder {
         guard request.method == .post else { return Self.answer(.methodNotAllowed, "\(path) answers POST") }
         switch path {
         case Self.membershipPath: break
-        case Replication.raftPath: return await raft(body)
         case KeyValueForwarding.path: return await KeyValueForwarding.serve(body, cluster: cluster)
         case VoterChanges.peerPath: return await VoterChanges.serve(body, cluster: cluster)
         case WorkflowRoutes.peerPath: return await WorkflowRoutes.serve(body, cluster: cluster, renderer: JSONErrorRenderer())
@@ -83,26 +84,60 @@ struct PeerResponder: HTTPResponder {
         return Hummingbird.Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: MembershipCodec.encode(replies))))
     }
 
-    /// `POST /v1/peer/raft`: a batch of Raft messages for this node's partitions.
-    func raft(_ body: [UInt8]) async -> Hummingbird.Response {
-        let batch: RaftBatch
-        do {
-            batch = try RaftCodec.decode(body)
-        } catch {
-            logger.warning("rejected raft messages", metadata: ["why": "\(error)"])
-            return Self.answer(.badRequest, error.description)
+    /// `POST /v1/peer/raft-stream`: a peer's long-lived stream of Raft batches for this node's
+    /// partitions, one authenticated frame each (``PeerStreamFrame``), stepped in order. The
+    /// opening must prove the secret (else 401) and name this node's partition count (else
+    /// 409); then the answer is 200 at once and ends only when this node stops reading: the
+    /// peer's stream ended, or a frame was bad (logged; the peer opens a new stream).
+    /// Everything this node sends back travels on its own stream to the peer.
+    func raftStream(_ request: Request) -> Hummingbird.Response {
+        let path = request.uri.path
+        let header = request.headers[HTTPField.Name(PeerAuth.header)!]
+        if let why = auth.verify(header: header, method: request.method.rawValue, path: path, body: []) {
+            logger.warning("refused a peer request", metadata: ["why": "\(why)", "path": "\(path)"])
+            return Self.answer(.unauthorized, "peer requests must prove the cluster secret")
         }
+        guard request.method == .post else { return Self.answer(.methodNotAllowed, "\(path) answers POST") }
         guard let replication = cluster.replication else { return Self.answer(.serviceUnavailable, "replication is starting") }
-        guard batch.partitionCount == replication.partitionCount else {
-            logger.error("a peer has a different partition count", metadata: ["peer": "\(batch.from)", "theirs": "\(batch.partitionCount)", "ours": "\(replication.partitionCount)"])
-            return Self.answer(.conflict, "this node has \(replication.partitionCount) partitions, the sender \(batch.partitionCount)")
+        let theirs = request.headers[HTTPField.Name(PeerConnection.partitionsHeader)!].flatMap { Int($0) }
+        guard theirs == replication.partitionCount else {
+            logger.error("a peer has a different partition count", metadata: ["theirs": "\(theirs.map(String.init) ?? "none")", "ours": "\(replication.partitionCount)"])
+            return Self.answer(.conflict, "this node has \(replication.partitionCount) partitions, the sender \(theirs.map(String.init) ?? "did not say")")
         }
-        let replies = await replication.receive(batch)
-        guard !replies.isEmpty else { return Hummingbird.Response(status: .noContent) }
+        let stream = header.flatMap { PeerAuth.proof(ofHeader: $0) } ?? ""
+        let auth = self.auth
+        let logger = self.logger
         var headers = HTTPFields()
-        headers[.contentType] = "application/x-skein-peer"
-        let answer = RaftCodec.encode(RaftBatch(partitionCount: replication.partitionCount, from: replication.me, messages: replies))
-        return Hummingbird.Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: answer)))
+        headers[.contentType] = "application/x-skein-peer-stream"
+        return Hummingbird.Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            do {
+                // A stream never ends by itself: stop reading when the node shuts down, so the
+                // server's graceful stop does not wait for the peer.
+                try await cancelWhenGracefulShutdown {
+                    var pending = ByteBuffer()
+                    var sequence: UInt64 = 0
+                    for try await chunk in request.body {
+                        pending.writeImmutableBuffer(chunk)
+                        while let payload = try PeerStreamFrame.next(from: &pending, sequence: sequence, stream: stream, auth: auth, limit: PeerLimits.maxRaftBody) {
+                            sequence += 1
+                            let batch = try RaftCodec.decode(payload)
+                            guard batch.partitionCount == replication.partitionCount else {
+                                throw PeerStreamFrame.Refused(description: "a batch for \(batch.partitionCount) partitions; this node has \(replication.partitionCount)")
+                            }
+                            await replication.receive(batch)
+                        }
+                    }
+                }
+            } catch let refused as PeerStreamFrame.Refused {
+                logger.warning("stopped reading a raft stream", metadata: ["why": "\(refused)"])
+            } catch let malformed as RaftCodecError {
+                logger.warning("stopped reading a raft stream", metadata: ["why": "\(malformed)"])
+            } catch {
+                // Shutdown, or the peer went away: its next stream starts afresh.
+                logger.debug("a raft stream ended", metadata: ["why": "\(error)"])
+            }
+            try await writer.finish(nil)
+        })
     }
 
     static func answer(_ status: HTTPResponse.Status, _ message: String) -> Hummingbird.Response {
