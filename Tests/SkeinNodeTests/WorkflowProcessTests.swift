@@ -286,6 +286,45 @@ final class LedgerServer: Sendable {
 
 /// A pipeline step starts and signals a workflow as effects.
 @Suite struct WorkflowEffectTests {
+    /// A task that finishes quickly costs one log entry: its `task_started` line rides on the
+    /// checkpoint of its result, and the timeline lists it before that result.
+    @Test func aQuickTaskStartAndResultShareOneCheckpoint() async throws {
+        let node = try await TestNode.start(workflows: try BundledWorkflows.all())
+        defer { Task { await node.stop() } }
+        func entries() async throws -> Int {
+            let view = try await node.request("GET", "/v1/cluster").json() as? [String: Any]
+            return (view?["log"] as? [String: Any])?["entries"] as? Int ?? -1
+        }
+        var started = try await node.request("POST", "/v1/workflows/countdown/instances?wait=10", body: #"{"id":"quick-0","input":{"from":2}}"#)
+        for _ in 0..<50 where started.status == 503 {
+            try await Task.sleep(for: .milliseconds(100))
+            started = try await node.request("POST", "/v1/workflows/countdown/instances?wait=10", body: #"{"id":"quick-0","input":{"from":2}}"#)
+        }
+        #expect(started.status == 200, "\(started.text)")
+        // A starved machine may take longer than the window between a task's start and its
+        // result; then the line goes on its own. One run in five within it is enough here.
+        var runs: [String] = []
+        for attempt in 1...5 {
+            try await Task.sleep(for: .milliseconds(100))
+            let before = try await entries()
+            let id = "quick-\(attempt)"
+            let run = try await node.request("POST", "/v1/workflows/countdown/instances?wait=10", body: #"{"id":"\#(id)","input":{"from":2}}"#)
+            #expect(run.status == 200, "\(run.text)")
+            try await Task.sleep(for: .milliseconds(100))
+            let added = try await entries() - before
+            let lines = try #require(try await node.request("GET", "/v1/instances/\(id)/timeline").json() as? [[String: Any]])
+            let kinds = lines.map { "\($0["kind"] as? String ?? "?")\(($0["task"] as? String).map { " " + $0 } ?? "")" }
+            runs.append("\(added) entries: \(kinds)")
+            // The start and one checkpoint per task (two loop rounds and the count, which completes).
+            if added == 4 {
+                #expect(kinds == ["started", "task_started tick#1", "task_completed tick#1", "task_started tick#2", "task_completed tick#2",
+                                  "task_started count", "task_completed count", "completed"], "\(kinds)")
+                return
+            }
+        }
+        Issue.record("no run took one entry per checkpoint: \(runs)")
+    }
+
     @Test func aPipelineStartsAndSignalsAWorkflow() async throws {
         let node = try await TestNode.start(workflows: try BundledWorkflows.all())
         defer { Task { await node.stop() } }

@@ -196,6 +196,9 @@ actor Replication {
         return true
     }
 
+    /// This node's epoch for `partition` as last published: for labels, without an actor hop.
+    nonisolated func publishedEpoch(partition: Int) -> UInt64 { published.withLock { $0[partition].epoch } }
+
     /// This node's epoch for `partition` (its current term).
     func epoch(partition: Int) -> UInt64 { groups[partition].term }
 

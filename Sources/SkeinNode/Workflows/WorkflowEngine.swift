@@ -38,8 +38,11 @@ actor WorkflowEngine {
     /// Instances whose runner stopped while this node led their partition without holding
     /// its lease: picked up again once the lease is back.
     private var stalled: [Int: Set<String>] = [:]
-    /// Timeline lines that change no state, gathered per partition and proposed together.
-    private var notes: [Int: [PartitionCommand.TimelineBatch]] = [:]
+    /// Timeline lines that change no state, gathered per partition. A line rides on its
+    /// instance's next checkpoint when that comes within ``noteWindow`` (a task's start line
+    /// and its result then cost one entry); the rest are proposed together on their own.
+    private let notes = Mutex<[Int: [PartitionCommand.TimelineBatch]]>([:])
+    static let noteWindow: Duration = .milliseconds(10)
 
     init(workflows: [Workflow], cluster: ClusterHandle, replication: Replication, node: String, logger: Logger) {
         registry = Dictionary(workflows.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
@@ -51,7 +54,7 @@ actor WorkflowEngine {
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
-    func partition(of id: String) -> Int { Partitioning.partition(of: id, count: replication.partitionCount) }
+    nonisolated func partition(of id: String) -> Int { Partitioning.partition(of: id, count: replication.partitionCount) }
 
     /// Watches leadership every 20 ms: adopts partitions this node comes to own, releases
     /// those it stops leading (or leads in a new epoch), and holds back new tasks while a
@@ -223,22 +226,41 @@ actor WorkflowEngine {
         }
     }
 
-    /// Queues timeline lines that change no state (a task attempt starting, an adoption); the
-    /// lines of all instances of a partition gathered within a few milliseconds go into one
-    /// log entry.
-    func note(_ id: String, _ lines: [TimelineLine]) {
+    /// Queues timeline lines that change no state (a task attempt starting, an adoption). Those
+    /// the instance's next checkpoint does not take within ``noteWindow`` go, with the other
+    /// instances' lines of the partition, into one log entry.
+    nonisolated func note(_ id: String, _ lines: [TimelineLine]) {
+        queueNotes(of: id, lines.map(\.bytes))
+    }
+
+    /// The queued lines of instance `id`, taken for its checkpoint to carry.
+    nonisolated func takeNotes(of id: String) -> [[UInt8]] {
         let p = partition(of: id)
-        let first = notes[p] == nil
-        notes[p, default: []].append(.init(instance: id, entries: lines.map(\.bytes)))
+        return notes.withLock { notes in
+            guard let batches = notes[p], batches.contains(where: { $0.instance == id }) else { return [] }
+            let rest = batches.filter { $0.instance != id }
+            notes[p] = rest.isEmpty ? nil : rest
+            return batches.filter { $0.instance == id }.flatMap(\.entries)
+        }
+    }
+
+    /// Queues encoded lines (also those taken for a checkpoint that was refused).
+    nonisolated func queueNotes(of id: String, _ lines: [[UInt8]]) {
+        guard !lines.isEmpty else { return }
+        let p = partition(of: id)
+        let first = notes.withLock { notes in
+            defer { notes[p, default: []].append(.init(instance: id, entries: lines)) }
+            return notes[p] == nil
+        }
         guard first else { return }
         Task {
-            try? await Task.sleep(for: .milliseconds(2))
+            try? await Task.sleep(for: Self.noteWindow)
             await self.flushNotes(p)
         }
     }
 
     private func flushNotes(_ p: Int) async {
-        guard let batch = notes.removeValue(forKey: p), !batch.isEmpty else { return }
+        guard let batch = notes.withLock({ $0.removeValue(forKey: p) }), !batch.isEmpty else { return }
         _ = try? await replication.propose(.timelines(batch), partition: p)
     }
 
@@ -314,7 +336,8 @@ actor WorkflowEngine {
         return (try JSONDecoder().decode(InstanceState.self, from: Data(stored.state)), epoch)
     }
 
-    func epoch(of id: String) async -> UInt64 { await replication.epoch(partition: partition(of: id)) }
+    /// The epoch of the instance's partition here, as last published (a timeline label; no hop).
+    nonisolated func epoch(of id: String) -> UInt64 { replication.publishedEpoch(partition: partition(of: id)) }
 
     /// The instance's state once a checkpoint after `version` is committed here, or at
     /// `deadline`; nil when it does not run in memory here (parked, or not owned).
@@ -429,8 +452,8 @@ actor InstanceRunner {
 
     /// Commits a brand-new instance (or its replacement under terminateExisting).
     func commitStart(_ t: Transition, replace: Bool) async throws {
-        let epoch = await engine.epoch(of: state.id)
-        let lines = t.timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes }
+        let epoch = engine.epoch(of: state.id)
+        let lines = engine.takeNotes(of: t.state.id) + t.timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes }
         let change = InstanceChange(id: t.state.id, workflow: t.state.workflow, status: t.state.status.rawValue, wakeAt: t.state.wakeAt,
                                     baseVersion: 0, version: t.state.version, replace: replace, state: try Self.encode(t.state),
                                     results: t.results.mapValues { Array($0.json) }, timeline: lines)
@@ -443,8 +466,7 @@ actor InstanceRunner {
 
     /// Lines for the timeline that change nothing else (adoption, a task attempt starting).
     func note(_ lines: [TimelineLine]) {
-        let id = state.id
-        Task { await engine.note(id, lines) }
+        engine.note(state.id, lines)
     }
 
     /// Starts what can run now and arms the timer, or leaves memory if there is nothing to do.
@@ -477,8 +499,9 @@ actor InstanceRunner {
         let context = TaskContext(instanceID: state.id, workflow: state.workflow, taskKey: run.key, attempt: run.attempt, node: engine.node)
         let node = engine.node
         running[run.key] = Task {
-            let epoch = await engine.epoch(of: context.instanceID)
-            self.note([TimelineLine(at: WorkflowEngine.now(), kind: "task_started", task: run.key, attempt: run.attempt, node: node, epoch: epoch)])
+            // Queued before the body runs, so the checkpoint of its result can carry it.
+            let epoch = engine.epoch(of: context.instanceID)
+            engine.note(context.instanceID, [TimelineLine(at: WorkflowEngine.now(), kind: "task_started", task: run.key, attempt: run.attempt, node: node, epoch: epoch)])
             let began = ContinuousClock.now
             let event: InstanceEvent
             do {
@@ -539,14 +562,18 @@ actor InstanceRunner {
                 outcomes.append(.success(t.state))
             }
             if next != state {
+                let carried = engine.takeNotes(of: next.id)
                 do {
-                    let epoch = await engine.epoch(of: state.id)
+                    let epoch = engine.epoch(of: state.id)
                     let change = InstanceChange(id: next.id, workflow: next.workflow, status: next.status.rawValue, wakeAt: next.wakeAt,
                                                 baseVersion: state.version, version: next.version, replace: false, state: try Self.encode(next),
                                                 results: results.mapValues { Array($0.json) },
-                                                timeline: timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes })
+                                                timeline: carried + timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes })
                     let applied = try await propose(.instance(change))
                     if applied.conflict {
+                        // Refused, so the lines it carried were not stored: they go on their own
+                        // (a task that ran here stays on the timeline).
+                        engine.queueNotes(of: next.id, carried)
                         throw WorkflowFailure(code: 409, what: "conflict", description: "instance \(state.id) changed elsewhere; retry")
                     }
                     state = next

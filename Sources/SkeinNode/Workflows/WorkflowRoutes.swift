@@ -97,7 +97,7 @@ struct WorkflowRoutes: Sendable {
             }
             return try await onOwner(of: id, request, forwarded: forwarded) { engine in
                 let state = try await engine.apply(.signal(name: name, payload: payload), to: id)
-                return .json(raw: StatusView.json(state, owner: engine.node, epoch: await engine.epoch(of: id)), status: .accepted)
+                return .json(raw: StatusView.json(state, owner: engine.node, epoch: engine.epoch(of: id)), status: .accepted)
             }
         case ("POST", 4, let op) where ["cancel", "pause", "unpause", "resume"].contains(op):
             let reason = (try? JSONDecoder().decode([String: String].self, from: request.body))?["reason"]
@@ -109,7 +109,7 @@ struct WorkflowRoutes: Sendable {
             }
             return try await onOwner(of: id, request, forwarded: forwarded) { engine in
                 let state = try await engine.apply(event, to: id)
-                return .json(raw: StatusView.json(state, owner: engine.node, epoch: await engine.epoch(of: id)))
+                return .json(raw: StatusView.json(state, owner: engine.node, epoch: engine.epoch(of: id)))
             }
         default:
             throw WorkflowFailure(code: 404, what: "route_not_found", description: "no route for \(request.method) \(request.path)")
@@ -190,7 +190,7 @@ struct WorkflowRoutes: Sendable {
             state = latest
         }
         let status: HTTPResponse.Status = state.status == .completed && (wait > 0 || !created) ? .ok : (created ? .accepted : .ok)
-        return .json(raw: StatusView.json(state, owner: engine.node, epoch: await engine.epoch(of: body.id)), status: status)
+        return .json(raw: StatusView.json(state, owner: engine.node, epoch: engine.epoch(of: body.id)), status: status)
     }
 
     /// Runs `work` on this node if it owns `id`'s partition, else forwards `request` to the
