@@ -91,6 +91,92 @@ public enum WorkflowCodec {
         return Payload(json: data)
     }
 
+    /// The key and the value's bytes of a JSON object with exactly one member, such as a loop
+    /// body's `{"again": …}`, found by scanning instead of decoding (what a loop step costs is
+    /// mostly this); nil for anything else, including an escaped key, so the caller decodes
+    /// fully and reports the problem.
+    public static func soleMember(of payload: Payload) -> (key: String, value: Payload)? {
+        let b = [UInt8](payload.json)
+        var i = 0
+        func skipSpace() {
+            while i < b.count, b[i] == 0x20 || b[i] == 0x0A || b[i] == 0x0D || b[i] == 0x09 { i += 1 }
+        }
+        func skipString() -> Bool {
+            guard i < b.count, b[i] == 0x22 else { return false }
+            i += 1
+            while i < b.count {
+                switch b[i] {
+                case 0x5C: i += 2
+                case 0x22: i += 1; return true
+                default: i += 1
+                }
+            }
+            return false
+        }
+        func skipScalar() -> Bool {
+            let start = i
+            while i < b.count, !(b[i] == 0x2C || b[i] == 0x7D || b[i] == 0x5D || b[i] == 0x3A || b[i] == 0x20 || b[i] == 0x0A || b[i] == 0x0D || b[i] == 0x09) { i += 1 }
+            let token = String(decoding: b[start..<i], as: UTF8.self)
+            if token == "true" || token == "false" || token == "null" { return true }
+            guard let first = token.utf8.first, first == 0x2D || (0x30...0x39).contains(first) else { return false }
+            return Double(token) != nil
+        }
+        // A full JSON grammar check, so what is kept is one valid value; nesting past 256
+        // levels is left to the decoder.
+        func skipValue(depth: Int = 0) -> Bool {
+            guard i < b.count, depth < 256 else { return false }
+            switch b[i] {
+            case 0x22:
+                return skipString()
+            case 0x7B, 0x5B:
+                let object = b[i] == 0x7B
+                let closer: UInt8 = object ? 0x7D : 0x5D
+                i += 1
+                skipSpace()
+                if i < b.count, b[i] == closer { i += 1; return true }
+                while true {
+                    if object {
+                        guard skipString() else { return false }
+                        skipSpace()
+                        guard i < b.count, b[i] == 0x3A else { return false }
+                        i += 1
+                        skipSpace()
+                    }
+                    guard skipValue(depth: depth + 1) else { return false }
+                    skipSpace()
+                    guard i < b.count else { return false }
+                    if b[i] == closer { i += 1; return true }
+                    guard b[i] == 0x2C else { return false }
+                    i += 1
+                    skipSpace()
+                }
+            default:
+                return skipScalar()
+            }
+        }
+        skipSpace()
+        guard i < b.count, b[i] == 0x7B else { return nil }
+        i += 1
+        skipSpace()
+        let keyStart = i
+        guard skipString() else { return nil }
+        let key = b[(keyStart + 1)..<(i - 1)]
+        guard !key.contains(0x5C) else { return nil }
+        skipSpace()
+        guard i < b.count, b[i] == 0x3A else { return nil }
+        i += 1
+        skipSpace()
+        let valueStart = i
+        guard skipValue() else { return nil }
+        let valueEnd = i
+        skipSpace()
+        guard i < b.count, b[i] == 0x7D else { return nil }
+        i += 1
+        skipSpace()
+        guard i == b.count else { return nil }
+        return (String(decoding: key, as: UTF8.self), Payload(json: Data(b[valueStart..<valueEnd])))
+    }
+
     /// `{"name": value, …}` from already-encoded values, keys sorted.
     public static func object(_ fields: [String: Payload]) -> Payload {
         var out = Data("{".utf8)

@@ -272,13 +272,17 @@ struct Run {
         guard let frame = state.frames[id] else { return }
         guard frame.kind == .loop, case .loop(let loop)? = workflow.nodes[id] else { return complete(id, output) }
         let decoded: (again: Bool, value: Payload)
-        do {
-            let object = try WorkflowCodec.decode([String: JSONFragment].self, from: output)
-            if let v = object["again"], object.count == 1 { decoded = (true, Payload(json: v.json)) }
-            else if let v = object["done"], object.count == 1 { decoded = (false, Payload(json: v.json)) }
-            else { throw CodecError("expected {\"again\": …} or {\"done\": …}") }
-        } catch {
-            return fail("loop \(id) body returned \(output.description.prefix(100)): \(error)")
+        if let (key, value) = WorkflowCodec.soleMember(of: output), key == "again" || key == "done" {
+            decoded = (key == "again", value)
+        } else {
+            do {
+                let object = try WorkflowCodec.decode([String: JSONFragment].self, from: output)
+                if let v = object["again"], object.count == 1 { decoded = (true, Payload(json: v.json)) }
+                else if let v = object["done"], object.count == 1 { decoded = (false, Payload(json: v.json)) }
+                else { throw CodecError("expected {\"again\": …} or {\"done\": …}") }
+            } catch {
+                return fail("loop \(id) body returned \(output.description.prefix(100)): \(error)")
+            }
         }
         guard decoded.again else { return complete(id, decoded.value) }
         if frame.index >= loop.maxIterations {

@@ -96,6 +96,29 @@ struct WorkflowBuilderTests {
         #expect(throws: CodecError.self) { try WorkflowCodec.validate(Data("{nope".utf8)) }
     }
 
+    @Test("a loop step's {\"again\": …} is split by scanning, exactly as decoding would, and anything else is left to the decoder")
+    func soleMember() throws {
+        func split(_ json: String) -> String? {
+            WorkflowCodec.soleMember(of: Payload(json: Data(json.utf8))).map { "\($0.key)=\($0.value.description)" }
+        }
+        #expect(split(#"{"again":{"n":[1,2.5e3,{"s":"}]\"{"}],"t":true,"u":null}}"#) == #"again={"n":[1,2.5e3,{"s":"}]\"{"}],"t":true,"u":null}"#)
+        #expect(split(" { \"done\" :\t\"x\\\"y\" }\n") == #"done="x\"y""#)
+        #expect(split(#"{"done":-12}"#) == "done=-12")
+        #expect(split(#"{"done":[]}"#) == "done=[]")
+        // Whatever a loop body encodes through the codec splits into what was encoded.
+        let input = BundledLikeInput(steps: 3, stepMs: 0, step: 2)
+        let encoded = try WorkflowCodec.encode(LoopResult.again(input))
+        let member = try #require(WorkflowCodec.soleMember(of: encoded))
+        #expect(member.key == "again")
+        #expect(try WorkflowCodec.decode(BundledLikeInput.self, from: member.value) == input)
+        // Anything else goes to the full decoder, which names the problem.
+        for bad in [#"{"again":1,"done":2}"#, "{}", "[1]", #"{"a":[1}}"#, #"{"a":tru}"#, #"{"a":1"#, #"{"a\u0041":1}"#, #"{"a":1}x"#, #"{"a":"open}"#, #"{"a":{"b" 1}}"#, #"{"a":[1,]}"#, #"{"a":{"b":1,}}"#, #"{"a":[1 2]}"#, #"{"a":01x}"#] {
+            #expect(split(bad) == nil, "\(bad)")
+        }
+    }
+
+    struct BundledLikeInput: Codable, Equatable, Sendable { var steps: Int; var stepMs: Int?; var step: Int? }
+
     @Test("duplicate ids are refused when the flow is built, anywhere in the tree")
     func duplicates() {
         let twice = flow(Int.self).then("a") { x, _ in x }.then("a") { x, _ in x }
