@@ -89,4 +89,22 @@ import Testing
         let after = try await Self.script("status", data: data, base: base).output
         #expect(after.components(separatedBy: "not running").count == 4, "\(after)")
     }
+
+    /// `cluster/chaos` as a person runs it: kills, pauses and restarts under writes and
+    /// workflows, then every node agrees on every acknowledged write and every workflow ends.
+    @Test func chaosBreaksTheClusterAndFindsNothingLost() async throws {
+        await ProcessGate.shared.enter()
+        defer { ProcessGate.shared.leave() }
+        let base = 25000 + Int.random(in: 0..<500) * 10
+        let data = temporaryDirectory()
+        defer { Task { _ = try? await Self.script("down", data: data, base: base) } }
+        #expect(try await Self.script("chaos", ["5"], data: data, base: base).status == 1, "no cluster: refused")
+        let up = try await Self.script("up", ["3"], data: data, base: base)
+        #expect(up.status == 0, "\(up.output)")
+        let chaos = try await Self.script("chaos", ["12", "7"], data: data, base: base)
+        #expect(chaos.status == 0, "\(chaos.output)")
+        #expect(chaos.output.contains("kill n") || chaos.output.contains("pause n"), "\(chaos.output)")
+        #expect(chaos.output.contains(" 0 lost;") && chaos.output.contains("chaos: PASS (seed 7)"), "\(chaos.output)")
+        #expect(try await Self.script("chaos", ["x"], data: data, base: base).status == 2)
+    }
 }
