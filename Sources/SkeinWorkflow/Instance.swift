@@ -153,3 +153,119 @@ public enum StartDecision: Sendable, Equatable {
     /// Refuse (the reason says why).
     case conflict(String)
 }
+
+extension InstanceState {
+    /// The state as the JSON a checkpoint stores, written directly: the same document
+    /// `JSONEncoder` writes with `.sortedKeys` (keys sorted, absent optionals left out, a
+    /// payload as the string of its JSON), without the encoder's generic machinery. Every step
+    /// commits one, and a profile of 200 instances had `JSONEncoder` at about 5% of a node's CPU.
+    /// Read back with `JSONDecoder`; a test compares both ways on states of every shape.
+    public func checkpointJSON() -> [UInt8] {
+        var out = CheckpointWriter()
+        out.open()
+        out.key("cancelRequested"); out.bool(cancelRequested)
+        out.key("completedTasks"); out.int(Int64(completedTasks))
+        out.key("createdAt"); out.int(createdAt)
+        out.key("definitionHash"); out.string(definitionHash)
+        if let error { out.key("error"); out.string(error) }
+        out.key("frames")
+        out.open()
+        for name in frames.keys.sorted() {
+            let f = frames[name]!
+            out.key(name)
+            out.open()
+            out.key("attempt"); out.int(Int64(f.attempt))
+            if let chosen = f.chosen { out.key("chosen"); out.string(chosen) }
+            if let deadline = f.deadline { out.key("deadline"); out.int(deadline) }
+            if let done = f.done {
+                out.key("done")
+                out.open()
+                for branch in done.keys.sorted() { out.key(branch); out.string(done[branch]!.description) }
+                out.close()
+            }
+            out.key("index"); out.int(Int64(f.index))
+            if let input = f.input { out.key("input"); out.string(input.description) }
+            out.key("kind"); out.string(f.kind.rawValue)
+            if let notBefore = f.notBefore { out.key("notBefore"); out.int(notBefore) }
+            if let wakeAt = f.wakeAt { out.key("wakeAt"); out.int(wakeAt) }
+            out.close()
+        }
+        out.close()
+        out.key("id"); out.string(id)
+        out.key("input"); out.string(input.description)
+        if let output { out.key("output"); out.string(output.description) }
+        out.key("pauseRequested"); out.bool(pauseRequested)
+        if let signalName { out.key("signalName"); out.string(signalName) }
+        out.key("signals")
+        out.open()
+        for name in signals.keys.sorted() {
+            out.key(name)
+            out.bytes.append(UInt8(ascii: "["))
+            for (i, payload) in signals[name]!.enumerated() {
+                if i > 0 { out.bytes.append(UInt8(ascii: ",")) }
+                out.string(payload.description)
+            }
+            out.bytes.append(UInt8(ascii: "]"))
+        }
+        out.close()
+        out.key("status"); out.string(status.rawValue)
+        out.key("updatedAt"); out.int(updatedAt)
+        out.key("version"); out.bytes.append(contentsOf: String(version).utf8)
+        if let wakeAt { out.key("wakeAt"); out.int(wakeAt) }
+        out.key("workflow"); out.string(workflow)
+        out.close()
+        return out.bytes
+    }
+}
+
+/// A minimal JSON writer for ``InstanceState/checkpointJSON()``: objects, keys, strings
+/// (escaped as `JSONEncoder` escapes them), integers and booleans.
+struct CheckpointWriter {
+    var bytes: [UInt8] = []
+    private var first: [Bool] = []
+
+    init() { bytes.reserveCapacity(512) }
+
+    mutating func open() {
+        bytes.append(UInt8(ascii: "{"))
+        first.append(true)
+    }
+
+    mutating func close() {
+        bytes.append(UInt8(ascii: "}"))
+        first.removeLast()
+    }
+
+    mutating func key(_ name: String) {
+        if first[first.count - 1] { first[first.count - 1] = false } else { bytes.append(UInt8(ascii: ",")) }
+        string(name)
+        bytes.append(UInt8(ascii: ":"))
+    }
+
+    mutating func bool(_ value: Bool) { bytes.append(contentsOf: (value ? "true" : "false").utf8) }
+
+    mutating func int(_ value: Int64) { bytes.append(contentsOf: String(value).utf8) }
+
+    mutating func string(_ value: String) {
+        bytes.append(UInt8(ascii: "\""))
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): bytes.append(contentsOf: #"\""#.utf8)
+            case UInt8(ascii: "\\"): bytes.append(contentsOf: #"\\"#.utf8)
+            case UInt8(ascii: "/"): bytes.append(contentsOf: #"\/"#.utf8)
+            case 0x0A: bytes.append(contentsOf: #"\n"#.utf8)
+            case 0x0D: bytes.append(contentsOf: #"\r"#.utf8)
+            case 0x09: bytes.append(contentsOf: #"\t"#.utf8)
+            case 0x08: bytes.append(contentsOf: #"\b"#.utf8)
+            case 0x0C: bytes.append(contentsOf: #"\f"#.utf8)
+            case 0..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                bytes.append(contentsOf: #"\u00"#.utf8)
+                bytes.append(hex[Int(byte >> 4)])
+                bytes.append(hex[Int(byte & 0xF)])
+            default: bytes.append(byte)
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+}

@@ -28,9 +28,17 @@ struct Driver {
         try checkpoint()
     }
 
-    /// Round-trips the state through its stored form, as a failover would.
+    /// Round-trips the state through its stored form, as a failover would. Every state of every
+    /// test also checks the direct checkpoint writer: byte for byte what `JSONEncoder` with
+    /// sorted keys writes, and read back as the same state.
     mutating func checkpoint() throws {
-        state = try JSONDecoder().decode(InstanceState.self, from: try JSONEncoder().encode(state))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let stored = state.checkpointJSON()
+        #expect(String(decoding: stored, as: UTF8.self) == String(decoding: try encoder.encode(state), as: UTF8.self))
+        let back = try JSONDecoder().decode(InstanceState.self, from: Data(stored))
+        #expect(back == state)
+        state = back
     }
 
     @discardableResult
@@ -155,6 +163,24 @@ struct InstanceMachineTests {
             .then("inc") { x, _ in runs.hit("inc"); return x + 1 }
             .then("show") { x, _ in runs.hit("show"); return "n=\(x)" }
             .build("seq")
+    }
+
+    @Test("the checkpoint writer escapes what JSONEncoder escapes and leaves out what it leaves out")
+    func checkpointWriterEscapes() throws {
+        let runs = Runs()
+        var d = try Driver(try Self.sequence(runs), input: 20)
+        d.state.error = "a \"quoted\" path/to\\it\n\ttab\u{01}\u{1F} é ☃"
+        d.state.signalName = "sig/\"n\""
+        d.state.signals = ["s\n1": [Payload(json: Data(#"{"a":"/\\"}"#.utf8)), .null], "empty": []]
+        d.state.output = Payload(json: Data("[1,2]".utf8))
+        d.state.wakeAt = -5
+        d.state.version = UInt64.max
+        d.state.frames["x/y"] = Frame(kind: .route, input: nil)
+        d.state.frames["x/y"]!.chosen = "b\u{7F}"
+        d.state.frames["x/y"]!.done = ["z": .null, "a": Payload(json: Data("\"s\"".utf8))]
+        try d.checkpoint()
+        #expect(d.state.version == UInt64.max)
+        #expect(d.state.frames["x/y"]?.done?["a"]?.description == "\"s\"")
     }
 
     @Test("a sequence runs task by task and completes with the last output; results are kept")

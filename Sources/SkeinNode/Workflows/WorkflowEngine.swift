@@ -455,7 +455,7 @@ actor InstanceRunner {
         let epoch = engine.epoch(of: state.id)
         let lines = engine.takeNotes(of: t.state.id) + t.timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes }
         let change = InstanceChange(id: t.state.id, workflow: t.state.workflow, status: t.state.status.rawValue, wakeAt: t.state.wakeAt,
-                                    baseVersion: 0, version: t.state.version, replace: replace, state: try Self.encode(t.state),
+                                    baseVersion: 0, version: t.state.version, replace: replace, state: Self.encode(t.state),
                                     results: t.results.mapValues { Array($0.json) }, timeline: lines)
         let applied = try await propose(.instance(change))
         if applied.conflict {
@@ -566,7 +566,7 @@ actor InstanceRunner {
                 do {
                     let epoch = engine.epoch(of: state.id)
                     let change = InstanceChange(id: next.id, workflow: next.workflow, status: next.status.rawValue, wakeAt: next.wakeAt,
-                                                baseVersion: state.version, version: next.version, replace: false, state: try Self.encode(next),
+                                                baseVersion: state.version, version: next.version, replace: false, state: Self.encode(next),
                                                 results: results.mapValues { Array($0.json) },
                                                 timeline: carried + timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes })
                     let applied = try await propose(.instance(change))
@@ -613,11 +613,7 @@ actor InstanceRunner {
         }
     }
 
-    static func encode(_ state: InstanceState) throws -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return Array(try encoder.encode(state))
-    }
+    static func encode(_ state: InstanceState) -> [UInt8] { state.checkpointJSON() }
 
     static func ms(since start: ContinuousClock.Instant) -> Int {
         let d = ContinuousClock.now - start
