@@ -453,7 +453,7 @@ actor InstanceRunner {
     /// Commits a brand-new instance (or its replacement under terminateExisting).
     func commitStart(_ t: Transition, replace: Bool) async throws {
         let epoch = engine.epoch(of: state.id)
-        let lines = engine.takeNotes(of: t.state.id) + t.timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes }
+        let lines = t.timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes }
         let change = InstanceChange(id: t.state.id, workflow: t.state.workflow, status: t.state.status.rawValue, wakeAt: t.state.wakeAt,
                                     baseVersion: 0, version: t.state.version, replace: replace, state: Self.encode(t.state),
                                     results: t.results.mapValues { Array($0.json) }, timeline: lines)
