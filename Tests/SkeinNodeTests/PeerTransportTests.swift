@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOHTTP1
 @testable import SkeinCluster
 @testable import SkeinNode
 import Testing
@@ -189,6 +190,79 @@ import Testing
         #expect(followed, "the heartbeat on the stream was not stepped")
         #expect(traffic.requestsOut.load(ordering: .relaxed) == 2, "one stream ended by the bad frame, one that carried the heartbeat")
         await sender.close()
+        await connection.close()
+        await stranger.close()
+    }
+
+    @Test func callFramesRoundTripAndRefuseWhatIsMalformed() throws {
+        let calls = [PeerCalls.Call(id: 0, route: "/v1/peer/kv", body: [1, 2]), PeerCalls.Call(id: 1 << 40, route: "", body: [])]
+        let decoded = try PeerCalls.decodeCalls(PeerCalls.encode(calls))
+        #expect(decoded.map(\.id) == [0, 1 << 40])
+        #expect(decoded.map(\.route) == ["/v1/peer/kv", ""])
+        #expect(decoded.map(\.body) == [[1, 2], []])
+        let answers = [PeerCalls.Answer(id: 5, status: 200, body: [9]), PeerCalls.Answer(id: 3, status: 404, body: [])]
+        let back = try PeerCalls.decodeAnswers(PeerCalls.encode(answers))
+        #expect(back.map(\.id) == [5, 3])
+        #expect(back.map(\.status) == [200, 404])
+        #expect(back.map(\.body) == [[9], []])
+        #expect(throws: WireError.self) { try PeerCalls.decodeCalls(PeerCalls.encode(calls) + [0]) }
+        #expect(throws: WireError.self) { try PeerCalls.decodeCalls(Array(PeerCalls.encode(calls).dropLast())) }
+        #expect(throws: WireError.self) { try PeerCalls.decodeAnswers([1, 0, 0xE8, 0x07, 0]) }
+        var tooMany = WireWriter()
+        tooMany.varint(UInt64(PeerCalls.maxPerFrame + 1))
+        #expect(throws: WireError.self) { try PeerCalls.decodeCalls(tooMany.bytes) }
+    }
+
+    @Test func callsShareOneStreamAndABadFrameEndsIt() async throws {
+        let (node, port) = try await PeerTransportTests.node(secret: "s")
+        defer { Task { await node.stop() } }
+        for _ in 0..<100 where try await Self.partitions(node).contains(where: { $0.leader == nil }) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        func put(_ key: String, _ value: [UInt8]) -> [UInt8] {
+            var w = WireWriter()
+            w.string("")
+            w.blob(KVOperation.put(key: key, value: value).encode())
+            return w.bytes
+        }
+        let me = "127.0.0.1:\(port)"
+        // Without the secret the stream is refused, and the call fails.
+        let stranger = try PeerConnection(address: me, auth: PeerAuth(secret: "x"), traffic: PeerTraffic(), logger: .init(label: "t"))
+        await #expect(throws: PeerCallError.self) { _ = try await stranger.call(route: KeyValueForwarding.path, body: put("a", [1])) }
+        #expect(try await node.request("GET", "/v1/kv/a").status == 404, "a refused call changes nothing")
+
+        // Fifty writes at once travel on one stream, each answered on its own.
+        let traffic = PeerTraffic()
+        let connection = try PeerConnection(address: me, auth: PeerAuth(secret: "s"), traffic: traffic, logger: .init(label: "t"))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<50 {
+                group.addTask {
+                    let answer = try await connection.call(route: KeyValueForwarding.path, body: put("k\(i)", [UInt8(i)]))
+                    #expect(answer.status == 200)
+                    let result = try KeyValueForwarding.decodeAnswer(answer.body, op: .put(key: "k\(i)", value: []), leader: me)
+                    guard case .done = result else { Issue.record("answer \(result)"); return }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await node.request("GET", "/v1/kv/k7").body == Data([7]))
+        #expect(traffic.requestsOut.load(ordering: .relaxed) == 1, "one stream carried every call")
+        #expect(try await connection.call(route: "/v1/peer/nothing", body: []).status == 404)
+        // An answer that takes longer than the call's time fails the call; the stream lives.
+        await #expect(throws: PeerCallError.self) { _ = try await connection.call(route: KeyValueForwarding.path, body: put("slow", [1]), timeout: TimeAmount.nanoseconds(1)) }
+        #expect(try await connection.call(route: KeyValueForwarding.path, body: put("b", [2])).status == 200)
+        #expect(traffic.requestsOut.load(ordering: .relaxed) == 1)
+
+        // A frame out of place ends the stream; the next call opens a new one.
+        let stream = try #require(connection.currentCallStream)
+        let bad = PeerStreamFrame.encode(PeerCalls.encode([PeerCalls.Call(id: 999, route: KeyValueForwarding.path, body: put("c", [3]))]),
+                                         sequence: 999, stream: stream.name, auth: PeerAuth(secret: "s"))
+        try await stream.channel.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(bad))).get()
+        for _ in 0..<100 where stream.isOpen { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(!stream.isOpen, "the node ended the stream after the bad frame")
+        #expect(try await node.request("GET", "/v1/kv/c").status == 404, "the bad frame's call did not run")
+        #expect(try await connection.call(route: KeyValueForwarding.path, body: put("d", [4])).status == 200)
+        #expect(traffic.requestsOut.load(ordering: .relaxed) == 2)
         await connection.close()
         await stranger.close()
     }

@@ -145,7 +145,6 @@ final class ClusterHandle: Sendable {
     private let driver = Mutex<MembershipDriver?>(nil)
     private let advertisedPeer = Mutex<String?>(nil)
     private let replicationDriver = Mutex<Replication?>(nil)
-    private let forwarders = Mutex<[RaftNodeID: KeyValueForwarder]>([:])
     private let workflowEngine = Mutex<WorkflowEngine?>(nil)
 
     init(settings: NodeSettings, generation: UInt64, auth: PeerAuth, logger: Logger) {
@@ -187,16 +186,6 @@ final class ClusterHandle: Sendable {
         logger.info(voters.contains(me) ? "replicating as a voter" : "replicating as a non-voter (not in --seeds): forwarding to leaders",
                     metadata: ["partitions": "\(store.partitions)", "voters": "\(voters.joined(separator: ","))"])
         return created
-    }
-
-    /// The batcher of key-value requests forwarded to `leader`.
-    func forwarder(to leader: RaftNodeID) -> KeyValueForwarder {
-        forwarders.withLock { all in
-            if let existing = all[leader] { return existing }
-            let created = KeyValueForwarder(leader: leader, peers: peers)
-            all[leader] = created
-            return created
-        }
     }
 
     /// The member whose peer address is `peer`, if membership knows one.

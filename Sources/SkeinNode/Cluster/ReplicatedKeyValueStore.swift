@@ -170,28 +170,28 @@ enum KVResult: Sendable {
     case entries([(String, [UInt8])])
 }
 
-/// `POST /v1/peer/kv`: key-value requests forwarded by another node to this partition
-/// leader, batched: concurrent requests for one leader share one peer request (see
-/// ``KeyValueForwarder``). Served here only (never forwarded again). The body is
-/// `count · (traceparent · op)…`; the answer `count · answer…` in the same order, each answer
-/// `0 · result` or `1 · code · what · message`.
+/// Key-value operations forwarded by another node to this partition leader: calls on the
+/// peer call stream (``PeerCalls``) with the route `/v1/peer/kv`. Served here only (never
+/// forwarded again). The call's body is `traceparent · op`; the answer `0 · result` or
+/// `1 · code · what · message`.
 enum KeyValueForwarding {
     static let path = "/v1/peer/kv"
-    static let maxBatch = 256
 
     static func forward(_ op: KVOperation, to leader: RaftNodeID, cluster: ClusterHandle, traceparent: String?) async throws -> KVResult {
-        let answer = try await cluster.forwarder(to: leader).call(op, traceparent: traceparent)
-        return try decodeAnswer(answer, op: op, leader: leader)
-    }
-
-    static func encodeBatch(_ ops: [(KVOperation, String?)]) -> [UInt8] {
         var w = WireWriter()
-        w.varint(UInt64(ops.count))
-        for (op, traceparent) in ops {
-            w.string(traceparent ?? "")
-            w.blob(op.encode())
+        w.string(traceparent ?? "")
+        w.blob(op.encode())
+        let answer: PeerAnswer
+        do {
+            answer = try await cluster.peers.connection(to: leader).call(route: path, body: w.bytes)
+        } catch {
+            throw SkeinError(code: 503, what: "leader_unreachable", key: op.key,
+                             message: "the leader of this key's partition (\(leader)) did not answer: \(error); retry")
         }
-        return w.bytes
+        guard answer.status == 200 else {
+            throw SkeinError(code: 502, what: "bad_peer_answer", key: op.key, message: "the partition leader \(leader) answered \(answer.status)")
+        }
+        return try decodeAnswer(answer.body, op: op, leader: leader)
     }
 
     static func decodeAnswer(_ bytes: [UInt8], op: KVOperation, leader: RaftNodeID) throws -> KVResult {
@@ -216,32 +216,20 @@ enum KeyValueForwarding {
         }
     }
 
-    static func serve(_ body: [UInt8], cluster: ClusterHandle) async -> Hummingbird.Response {
-        var ops: [KVOperation] = []
+    /// One forwarded operation, run here: its answer's bytes.
+    static func serve(_ body: [UInt8], cluster: ClusterHandle) async -> [UInt8] {
+        let op: KVOperation
         do {
             var r = WireReader(bytes: body)
-            let n = try r.count("operations", max: maxBatch)
-            for _ in 0..<n {
-                _ = try r.string("traceparent")
-                ops.append(try KVOperation.decode(try r.blob("operation", max: RaftCodec.maxPayload + (1 << 17))))
-            }
+            _ = try r.string("traceparent")
+            op = try KVOperation.decode(try r.blob("operation", max: RaftCodec.maxPayload + (1 << 17)))
             guard r.atEnd else { throw WireError("trailing bytes") }
         } catch {
-            return PeerResponder.answer(.badRequest, "malformed key-value request: \(error)")
+            var w = WireWriter()
+            w.byte(1); w.varint(400); w.string("bad_peer_request"); w.string("malformed key-value request: \(error)", max: 1 << 16)
+            return w.bytes
         }
-        // Each operation waits for its own commit: run them side by side.
-        let answers = await withTaskGroup(of: (Int, [UInt8]).self) { group in
-            for (i, op) in ops.enumerated() {
-                group.addTask { (i, await answer(op, cluster: cluster)) }
-            }
-            var answers = [[UInt8]](repeating: [], count: ops.count)
-            for await (i, a) in group { answers[i] = a }
-            return answers
-        }
-        var w = WireWriter()
-        w.varint(UInt64(answers.count))
-        for a in answers { w.blob(a) }
-        return Hummingbird.Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: w.bytes)))
+        return await answer(op, cluster: cluster)
     }
 
     static func answer(_ op: KVOperation, cluster: ClusterHandle) async -> [UInt8] {
@@ -275,59 +263,3 @@ enum KeyValueForwarding {
     }
 }
 
-/// Sends the key-value requests this node forwards to one leader, batched: requests that
-/// arrive while earlier batches are in flight go out together in the next one. A few batches
-/// may be in flight at once, so one slow write (waiting out an election) does not hold up the rest.
-actor KeyValueForwarder {
-    let leader: RaftNodeID
-    let peers: PeerClients
-    static let maxInFlight = 4
-    private var pending: [(op: KVOperation, traceparent: String?, continuation: CheckedContinuation<[UInt8], any Error>)] = []
-    private var inFlight = 0
-
-    init(leader: RaftNodeID, peers: PeerClients) {
-        self.leader = leader
-        self.peers = peers
-    }
-
-    func call(_ op: KVOperation, traceparent: String?) async throws -> [UInt8] {
-        try await withCheckedThrowingContinuation { continuation in
-            pending.append((op, traceparent, continuation))
-            if inFlight < Self.maxInFlight {
-                inFlight += 1
-                Task { await self.sendLoop() }
-            }
-        }
-    }
-
-    private func sendLoop() async {
-        defer { inFlight -= 1 }
-        while !pending.isEmpty {
-            let batch = Array(pending.prefix(KeyValueForwarding.maxBatch))
-            pending.removeFirst(batch.count)
-            let body = KeyValueForwarding.encodeBatch(batch.map { ($0.op, $0.traceparent) })
-            do {
-                let answer = try await peers.connection(to: leader).post(path: KeyValueForwarding.path, body: body)
-                guard answer.status == 200 else {
-                    throw SkeinError(code: 502, what: "bad_peer_answer", message: "the partition leader \(leader) answered \(answer.status)")
-                }
-                var r = WireReader(bytes: answer.body)
-                let n = try r.count("answers", max: KeyValueForwarding.maxBatch)
-                guard n == batch.count else { throw WireError("\(n) answers to \(batch.count) requests") }
-                var answers: [[UInt8]] = []
-                for _ in batch { answers.append(try r.blob("answer", max: RaftCodec.maxPayload + (1 << 17))) }
-                for (item, a) in zip(batch, answers) { item.continuation.resume(returning: a) }
-            } catch let error as SkeinError {
-                for item in batch { item.continuation.resume(throwing: SkeinError(code: error.code, what: error.what, key: item.op.key, message: error.message)) }
-            } catch {
-                for item in batch {
-                    item.continuation.resume(throwing: SkeinError(code: 503, what: "leader_unreachable", key: item.op.key,
-                                                                  message: "the leader of this key's partition (\(leader)) did not answer: \(error); retry"))
-                }
-            }
-        }
-    }
-}
-
-import Hummingbird
-import NIOCore

@@ -43,11 +43,28 @@ final class PeerAuth: Sendable {
     /// the stream and its payload: a frame cannot be forged, replayed, reordered or moved to
     /// another stream.
     func frameCode(stream: some StringProtocol, sequence: UInt64, payload: UnsafeRawBufferPointer) -> HMAC<SHA256>.MAC {
+        frameKey(stream: stream).code(sequence: sequence, payload: payload)
+    }
+
+    /// The MAC state of one stream's frames, keyed and fed the stream's name once: each frame
+    /// then costs only its own bytes.
+    func frameKey(stream: some StringProtocol) -> FrameKey {
         var hmac = HMAC<SHA256>(key: key)
         hmac.update(data: Data("skein-frame-v1\n\(stream)\n".utf8))
-        withUnsafeBytes(of: sequence.bigEndian) { hmac.update(data: $0) }
-        hmac.update(data: payload)
-        return hmac.finalize()
+        return FrameKey(base: hmac)
+    }
+
+    /// ``frameKey(stream:)``'s result. The HMAC state is a value (its digest context is copied
+    /// on write), so each frame's MAC starts from the same keyed prefix.
+    struct FrameKey: @unchecked Sendable {
+        fileprivate let base: HMAC<SHA256>
+
+        func code(sequence: UInt64, payload: UnsafeRawBufferPointer) -> HMAC<SHA256>.MAC {
+            var hmac = base
+            withUnsafeBytes(of: sequence.bigEndian) { hmac.update(data: $0) }
+            hmac.update(data: payload)
+            return hmac.finalize()
+        }
     }
 
     /// nil if the request proves the secret; otherwise why not, for the log (never for the caller).

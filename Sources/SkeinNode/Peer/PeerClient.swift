@@ -34,10 +34,14 @@ actor PeerConnection {
     private var failures = 0
     /// This node's long-lived Raft stream to the peer, the name its frames are signed under,
     /// and the next frame's number.
-    private var raftStream: (channel: any Channel, name: Substring)?
+    private var raftStream: (channel: any Channel, key: PeerAuth.FrameKey)?
     private var raftSequence: UInt64 = 0
     private var retryAt: ContinuousClock.Instant?
     private var lastFailure = ""
+    /// This node's call stream to the peer, readable without the actor: calls on an open stream
+    /// do not hop onto it.
+    private let calls = Mutex<PeerCallStream?>(nil)
+    private var openingCalls: Task<PeerCallStream, any Error>?
 
     init(address: String, auth: PeerAuth, traffic: PeerTraffic, logger: Logger, callTimeout: TimeAmount = .seconds(2)) throws {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
@@ -135,11 +139,11 @@ actor PeerConnection {
             // Queued before any frame: the channel keeps writes in order.
             channel.write(HTTPClientRequestPart.head(head), promise: nil)
             if let current = raftStream { current.channel.close(promise: nil) }
-            raftStream = (channel, PeerAuth.proof(ofHeader: signature) ?? "")
+            raftStream = (channel, auth.frameKey(stream: PeerAuth.proof(ofHeader: signature) ?? ""))
             raftSequence = 0
         }
         let stream = raftStream!
-        let frame = PeerStreamFrame.encode(payload, sequence: raftSequence, stream: stream.name, auth: auth)
+        let frame = PeerStreamFrame.encode(payload, sequence: raftSequence, key: stream.key)
         raftSequence += 1
         return (stream.channel, frame)
     }
@@ -147,6 +151,55 @@ actor PeerConnection {
     private func dropRaftStream(_ channel: any Channel) {
         channel.close(promise: nil)
         if raftStream?.channel === channel { raftStream = nil }
+    }
+
+    /// Calls `route` on the peer with `body` over this node's call stream to it (``PeerCalls``,
+    /// opened on first use and again after it ends) and returns the answer. Fails when the
+    /// answer takes longer than `timeout` (the call timeout unless given) or the stream ends first.
+    nonisolated func call(route: String, body: [UInt8], timeout: TimeAmount? = nil) async throws -> PeerAnswer {
+        var stream = calls.withLock { $0 }
+        if stream?.isOpen != true { stream = try await openCallStream() }
+        return try await stream!.call(route: route, body: body, timeout: timeout ?? callTimeout)
+    }
+
+    /// The call stream in use, if any.
+    nonisolated var currentCallStream: PeerCallStream? { calls.withLock { $0 } }
+
+    /// The open call stream, or a new one; calls that find none at once share one opening.
+    private func openCallStream() async throws -> PeerCallStream {
+        if let current = calls.withLock({ $0 }), current.isOpen { return current }
+        if let openingCalls { return try await openingCalls.value }
+        let task = Task { try await self.newCallStream() }
+        openingCalls = task
+        defer { openingCalls = nil }
+        return try await task.value
+    }
+
+    private func newCallStream() async throws -> PeerCallStream {
+        let multiplexer = try await connected()
+        traffic.requestsOut.add(1, ordering: .relaxed)
+        let authority = "\(host):\(port)"
+        let channel = try await multiplexer.openStream { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
+                return channel
+            }
+        }
+        let signature = auth.sign(method: "POST", path: PeerCalls.path, body: [])
+        let stream = PeerCallStream(channel: channel, name: String(PeerAuth.proof(ofHeader: signature) ?? ""), auth: auth, peer: authority)
+        try await channel.pipeline.addHandler(PeerCallAnswerReader(stream: stream, logger: logger))
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: PeerCalls.path)
+        head.headers.add(name: "host", value: authority)
+        head.headers.add(name: "content-type", value: "application/x-skein-peer-stream")
+        head.headers.add(name: PeerAuth.header, value: signature)
+        // Queued before any frame: the channel keeps writes in order.
+        channel.writeAndFlush(HTTPClientRequestPart.head(head), promise: nil)
+        let previous = calls.withLock { current in
+            defer { current = stream }
+            return current
+        }
+        previous?.close(why: "replaced")
+        return stream
     }
 
     static let raftStreamPath = "/v1/peer/raft-stream"
@@ -210,6 +263,7 @@ actor PeerConnection {
     }
 
     func close() async {
+        calls.withLock { $0 }?.close(why: "the connection to \(host):\(port) closed")
         raftStream?.channel.close(promise: nil)
         raftStream = nil
         try? await channel?.close()

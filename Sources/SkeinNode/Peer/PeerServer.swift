@@ -50,6 +50,7 @@ struct PeerResponder: HTTPResponder {
         let path = request.uri.path
         cluster.traffic.requestsIn.add(1, ordering: .relaxed)
         if path == PeerConnection.raftStreamPath { return raftStream(request) }
+        if path == PeerCalls.path { return callStream(request) }
         let body: [UInt8]
         do {
             var buffer = try await request.body.collect(upTo: PeerLimits.maxBody)
@@ -65,9 +66,7 @@ struct PeerResponder: HTTPResponder {
         guard request.method == .post else { return Self.answer(.methodNotAllowed, "\(path) answers POST") }
         switch path {
         case Self.membershipPath: break
-        case KeyValueForwarding.path: return await KeyValueForwarding.serve(body, cluster: cluster)
         case VoterChanges.peerPath: return await VoterChanges.serve(body, cluster: cluster)
-        case WorkflowRoutes.peerPath: return await WorkflowRoutes.serve(body, cluster: cluster, renderer: JSONErrorRenderer())
         default: return Self.answer(.notFound, "no peer route \(path)")
         }
         let envelopes: [Envelope]
@@ -116,9 +115,10 @@ struct PeerResponder: HTTPResponder {
                 try await cancelWhenGracefulShutdown {
                     var pending = ByteBuffer()
                     var sequence: UInt64 = 0
+                    let key = auth.frameKey(stream: stream)
                     for try await chunk in request.body {
                         pending.writeImmutableBuffer(chunk)
-                        while let payload = try PeerStreamFrame.next(from: &pending, sequence: sequence, stream: stream, auth: auth, limit: PeerLimits.maxRaftBody) {
+                        while let payload = try PeerStreamFrame.next(from: &pending, sequence: sequence, key: key, limit: PeerLimits.maxRaftBody) {
                             sequence += 1
                             let batch = try RaftCodec.decode(payload)
                             guard batch.partitionCount == replication.partitionCount else {

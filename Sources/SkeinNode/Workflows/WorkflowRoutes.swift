@@ -10,7 +10,7 @@ import SkeinWorkflow
 
 /// The workflow API of CONTRACT.md on every node. A request about an instance is answered by
 /// the owner of its partition (the leader holding the lease); any other node forwards it there
-/// in one hop over the peer port (`POST /v1/peer/wf`, the request as it came). While the
+/// in one hop over the peer port (a `/v1/peer/wf` call on the peer call stream, the request as it came). While the
 /// partition has no owner the request waits up to 2 s for one, then answers 503 with
 /// `Retry-After`.
 struct WorkflowRoutes: Sendable {
@@ -223,7 +223,7 @@ struct WorkflowRoutes: Sendable {
         w.blob(Array(request.body))
         let answer: PeerAnswer
         do {
-            answer = try await cluster.peers.connection(to: leader).post(path: Self.peerPath, body: w.bytes, timeout: .seconds(310))
+            answer = try await cluster.peers.connection(to: leader).call(route: Self.peerPath, body: w.bytes, timeout: .seconds(310))
         } catch {
             throw WorkflowFailure(code: 503, what: "leader_unreachable", description: "the owner of this instance (\(leader)) did not answer: \(error); retry")
         }
@@ -248,15 +248,15 @@ struct WorkflowRoutes: Sendable {
         }
     }
 
-    /// `POST /v1/peer/wf`: a request forwarded by another node; answered here, never forwarded again.
-    static func serve(_ body: [UInt8], cluster: ClusterHandle, renderer: any ErrorRenderer) async -> Hummingbird.Response {
+    /// A `/v1/peer/wf` call: a request forwarded by another node; answered here, never forwarded again.
+    static func serve(_ body: [UInt8], cluster: ClusterHandle, renderer: any ErrorRenderer) async -> (Int, [UInt8]) {
         var r = WireReader(bytes: body)
         let request: Request
         do {
             request = Request(method: try r.string("method"), path: try r.string("path", max: 1 << 16),
                               query: try r.string("query", max: 1 << 16), body: Data(try r.blob("body", max: 64 << 20)))
         } catch {
-            return PeerResponder.answer(.badRequest, "malformed forwarded workflow request: \(error)")
+            return (400, Array("malformed forwarded workflow request: \(error)".utf8))
         }
         let routes = WorkflowRoutes(cluster: cluster, renderer: renderer)
         let response: Response
@@ -272,7 +272,7 @@ struct WorkflowRoutes: Sendable {
         var w = WireWriter()
         w.varint(UInt64(response.status.code))
         w.blob(Array(response.body))
-        return Hummingbird.Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: w.bytes)))
+        return (200, w.bytes)
     }
 
     /// `GET /v1/instances?status=S&limit=N`: every partition's owner lists its own (a
