@@ -72,6 +72,7 @@ let package = Package(
                 "SkeinPipeline",
                 "SkeinCluster",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ],
             swiftSettings: swiftSettings
         ),

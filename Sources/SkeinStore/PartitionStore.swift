@@ -220,8 +220,8 @@ public final class PartitionStore: Sendable {
             // A write that only applies entries and moves commit indexes skips the fsync: losing
             // it to a power cut only means re-applying from the (durable) log. The WAL keeps
             // transactions in order, so a later fsynced one makes this one durable too.
-            if !sync { try db.execute(sql: "PRAGMA synchronous = OFF") }
-            defer { if !sync { try? db.execute(sql: "PRAGMA synchronous = FULL") } }
+            if !sync { try db.cachedStatement(sql: "PRAGMA synchronous = OFF").run() }
+            defer { if !sync { try? db.cachedStatement(sql: "PRAGMA synchronous = FULL").run() } }
             var snapshots: [Int: [UInt8]] = [:]
             var applied: [AppliedEntry] = []
             try db.inTransaction {
@@ -229,16 +229,16 @@ public final class PartitionStore: Sendable {
                     try Self.ensureState(db, w.partition)
                     if let h = w.hardState {
                         try db.cachedStatement(sql: "UPDATE raft_state SET term = ?, vote = ?, commit_index = ? WHERE partition = ?")
-                            .execute(arguments: [Int64(h.term), h.vote, Int64(h.commit), w.partition])
+                            .run(.int(Int64(h.term)), h.vote.map { .text($0) } ?? .null, .int(Int64(h.commit)), .int(Int64(w.partition)))
                     }
                     if let s = w.snapshot {
                         try Self.install(db, partition: w.partition, meta: s.meta, data: s.data)
                     }
                     if let first = w.entries.first?.index {
-                        try db.cachedStatement(sql: "DELETE FROM raft_log WHERE partition = ? AND idx >= ?").execute(arguments: [w.partition, Int64(first)])
+                        try db.cachedStatement(sql: "DELETE FROM raft_log WHERE partition = ? AND idx >= ?").run(.int(Int64(w.partition)), .int(Int64(first)))
                         let insert = try db.cachedStatement(sql: "INSERT INTO raft_log (partition, idx, term, kind, data) VALUES (?, ?, ?, ?, ?)")
                         for e in w.entries {
-                            try insert.execute(arguments: [w.partition, Int64(e.index), Int64(e.term), Int64(e.kind.rawValue), Data(e.data)])
+                            try insert.run(.int(Int64(w.partition)), .int(Int64(e.index)), .int(Int64(e.term)), .int(Int64(e.kind.rawValue)), .blob(e.data))
                         }
                     }
                     if w.wantsSnapshotData {
@@ -328,12 +328,12 @@ public final class PartitionStore: Sendable {
     // MARK: - Inside a transaction
 
     static func ensureState(_ db: Database, _ partition: Int) throws {
-        try db.cachedStatement(sql: "INSERT OR IGNORE INTO raft_state (partition) VALUES (?)").execute(arguments: [partition])
+        try db.cachedStatement(sql: "INSERT OR IGNORE INTO raft_state (partition) VALUES (?)").run(.int(Int64(partition)))
     }
 
     /// Writes an instance change unless it conflicts (returns false then, writing nothing).
     static func applyInstance(_ db: Database, partition: Int, epoch: UInt64, _ c: InstanceChange) throws -> Bool {
-        let current = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT version FROM wf_instances WHERE id = ?"), arguments: [c.id])
+        let current = try db.cachedStatement(sql: "SELECT version FROM wf_instances WHERE id = ?").integers(.text(c.id), count: 1)?[0]
         if c.replace {
             if current != nil {
                 try db.cachedStatement(sql: "DELETE FROM wf_results WHERE instance = ?").execute(arguments: [c.id])
@@ -346,25 +346,25 @@ public final class PartitionStore: Sendable {
             INSERT INTO wf_instances (id, partition, workflow, status, wake_at, version, epoch, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT(id) DO UPDATE SET partition = excluded.partition, workflow = excluded.workflow, status = excluded.status,
                 wake_at = excluded.wake_at, version = excluded.version, epoch = excluded.epoch, state = excluded.state, updated_at = excluded.updated_at
-            """).execute(arguments: [c.id, partition, c.workflow, c.status, c.wakeAt, Int64(c.version), Int64(epoch), Data(c.state),
-                                     Int64(Date().timeIntervalSince1970 * 1000)])
+            """).run(.text(c.id), .int(Int64(partition)), .text(c.workflow), .text(c.status), c.wakeAt.map { .int($0) } ?? .null,
+                     .int(Int64(c.version)), .int(Int64(epoch)), .blob(c.state), .int(Int64(Date().timeIntervalSince1970 * 1000)))
         let result = try db.cachedStatement(sql: "INSERT OR REPLACE INTO wf_results (instance, key, partition, value) VALUES (?, ?, ?, ?)")
-        for (key, value) in c.results { try result.execute(arguments: [c.id, key, partition, Data(value)]) }
+        for (key, value) in c.results { try result.run(.text(c.id), .text(key), .int(Int64(partition)), .blob(value)) }
         try appendTimeline(db, partition: partition, instance: c.id, c.timeline)
         return true
     }
 
     static func appendTimeline(_ db: Database, partition: Int, instance: String, _ lines: [[UInt8]]) throws {
         let insert = try db.cachedStatement(sql: "INSERT INTO wf_timeline (instance, partition, entry) VALUES (?, ?, ?)")
-        for line in lines { try insert.execute(arguments: [instance, partition, Data(line)]) }
+        for line in lines { try insert.run(.text(instance), .int(Int64(partition)), .blob(line)) }
     }
 
     static func apply(_ db: Database, partition: Int, entries: [RaftEntry]) throws -> [AppliedEntry] {
-        guard let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT applied_index, applied_term FROM raft_state WHERE partition = ?"), arguments: [partition]) else {
+        guard let row = try db.cachedStatement(sql: "SELECT applied_index, applied_term FROM raft_state WHERE partition = ?").integers(.int(Int64(partition)), count: 2) else {
             throw PartitionStoreError.applyOutOfOrder(partition: partition, index: entries[0].index, applied: 0)
         }
-        var appliedIndex = UInt64(row["applied_index"] as Int64)
-        var appliedTerm = UInt64(row["applied_term"] as Int64)
+        var appliedIndex = UInt64(row[0])
+        var appliedTerm = UInt64(row[1])
         var results: [AppliedEntry] = []
         let put = try db.cachedStatement(sql: "INSERT INTO rkv (key, partition, value) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value, partition = excluded.partition")
         let delete = try db.cachedStatement(sql: "DELETE FROM rkv WHERE key = ?")
@@ -382,14 +382,14 @@ public final class PartitionStore: Sendable {
             if e.kind == .command, let command = PartitionCommand.decode(e.data) {
                 switch command {
                 case .put(let key, let value):
-                    try put.execute(arguments: [key, partition, Data(value)])
+                    try put.run(.text(key), .int(Int64(partition)), .blob(value))
                 case .delete(let key):
-                    try delete.execute(arguments: [key])
+                    try delete.run(.text(key))
                     existed = db.changesCount > 0
                 case .instance(let change):
                     conflict = !(try applyInstance(db, partition: partition, epoch: e.term, change))
                 case .timelines(let batches):
-                    for b in batches where try Int64.fetchOne(try db.cachedStatement(sql: "SELECT version FROM wf_instances WHERE id = ?"), arguments: [b.instance]) != nil {
+                    for b in batches where try db.cachedStatement(sql: "SELECT version FROM wf_instances WHERE id = ?").integers(.text(b.instance), count: 1) != nil {
                         try appendTimeline(db, partition: partition, instance: b.instance, b.entries)
                     }
                 }
@@ -399,7 +399,7 @@ public final class PartitionStore: Sendable {
             results.append(AppliedEntry(partition: partition, index: e.index, term: e.term, existed: existed, conflict: conflict))
         }
         try db.cachedStatement(sql: "UPDATE raft_state SET applied_index = ?, applied_term = ? WHERE partition = ?")
-            .execute(arguments: [Int64(appliedIndex), Int64(appliedTerm), partition])
+            .run(.int(Int64(appliedIndex)), .int(Int64(appliedTerm)), .int(Int64(partition)))
         return results
     }
 

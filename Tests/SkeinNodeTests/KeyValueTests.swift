@@ -16,6 +16,11 @@ import Testing
         // Keys with a tag, slashes and escapes.
         #expect(try await node.request("PUT", "/v1/kv/user%7B42%7D/profile%20card", body: "x").status == 204)
         #expect(try await node.request("GET", "/v1/kv/user%7B42%7D/profile%20card").text == "x")
+        // An empty value is a value: 200 with no bytes, not 404.
+        #expect(try await node.request("PUT", "/v1/kv/empty", body: "").status == 204)
+        let empty = try await node.request("GET", "/v1/kv/empty")
+        #expect(empty.status == 200)
+        #expect(empty.body.isEmpty)
         #expect(try await node.request("DELETE", "/v1/kv/greeting").status == 204)
         let gone = try await node.request("GET", "/v1/kv/greeting")
         #expect(gone.status == 404)
