@@ -101,18 +101,28 @@ actor PeerConnection {
 
     /// Sends one encoded Raft batch to the peer on this node's long-lived stream to it
     /// (`POST /v1/peer/raft-stream`, opened on first use and again after it breaks): one DATA
-    /// frame instead of a stream per batch. Returns once the bytes are on the connection. A
-    /// write that is not done within the call timeout closes the stream. Frames are numbered
-    /// in the order of the calls: one caller at a time (Replication sends to a peer from one task).
+    /// frame instead of a stream per batch. Returns once the frame is queued on the stream, in
+    /// order, without waiting for the event loop to write it: the caller's next batch need not
+    /// hop there and back first. A write that fails, or is not done within the call timeout
+    /// (a peer that stopped reading), closes the stream; the next send opens a new one and Raft
+    /// resends what matters. Frames are numbered in the order of the calls: one caller at a
+    /// time (Replication sends to a peer from one task).
     nonisolated func sendRaft(_ payload: [UInt8], partitionCount: Int) async throws {
         let (channel, frame) = try await raftFrame(payload, partitionCount: partitionCount)
-        let timer = channel.eventLoop.scheduleTask(in: callTimeout) { channel.close(promise: nil) }
-        defer { timer.cancel() }
-        do {
-            try await channel.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(frame))).get()
-        } catch {
-            await dropRaftStream(channel)
-            throw PeerCallError(description: "raft stream to \(host):\(port) broke (\(error))")
+        let timeout = callTimeout
+        let peer = "\(host):\(port)"
+        let logger = self.logger
+        // One turn of the loop: the write (after the head and earlier frames, which were queued
+        // the same way) and its watch.
+        channel.eventLoop.execute {
+            let timer = channel.eventLoop.scheduleTask(in: timeout) {
+                logger.debug("raft stream write timed out; closing it", metadata: ["peer": "\(peer)"])
+                channel.close(promise: nil)
+            }
+            channel.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(frame))).whenComplete { result in
+                timer.cancel()
+                if case .failure = result { channel.close(promise: nil) }
+            }
         }
     }
 
@@ -146,11 +156,6 @@ actor PeerConnection {
         let frame = PeerStreamFrame.encode(payload, sequence: raftSequence, key: stream.key)
         raftSequence += 1
         return (stream.channel, frame)
-    }
-
-    private func dropRaftStream(_ channel: any Channel) {
-        channel.close(promise: nil)
-        if raftStream?.channel === channel { raftStream = nil }
     }
 
     /// Calls `route` on the peer with `body` over this node's call stream to it (``PeerCalls``,
