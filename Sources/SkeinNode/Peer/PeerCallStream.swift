@@ -205,6 +205,8 @@ final class PeerCallAnswerReader: ChannelInboundHandler {
     let logger: Logger
     private var buffer = ByteBuffer()
     private var sequence: UInt64 = 0
+    /// The peer refused the stream: what follows is its error, not frames.
+    private var refused = false
 
     init(stream: PeerCallStream, logger: Logger) {
         self.stream = stream
@@ -214,9 +216,12 @@ final class PeerCallAnswerReader: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head) where head.status != .ok:
+            refused = true
             logger.warning("peer refused the call stream", metadata: ["peer": "\(stream.peer)", "status": "\(head.status.code)"])
             stream.close(why: "\(stream.peer) refused the call stream (\(head.status.code))")
         case .head:
+            break
+        case .body where refused:
             break
         case .body(var chunk):
             buffer.writeBuffer(&chunk)
