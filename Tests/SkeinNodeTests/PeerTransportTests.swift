@@ -208,6 +208,11 @@ import Testing
         #expect(throws: WireError.self) { try PeerCalls.decodeCalls(PeerCalls.encode(calls) + [0]) }
         #expect(throws: WireError.self) { try PeerCalls.decodeCalls(Array(PeerCalls.encode(calls).dropLast())) }
         #expect(throws: WireError.self) { try PeerCalls.decodeAnswers([1, 0, 0xE8, 0x07, 0]) }
+        // A frame takes what fits: never more than the count or (past its first) the bytes.
+        #expect(PeerCalls.frameCount([]) == 0)
+        #expect(PeerCalls.frameCount([PeerCalls.frameBytes * 2, 1]) == 1)
+        #expect(PeerCalls.frameCount([PeerCalls.frameBytes / 2, PeerCalls.frameBytes / 2, 1]) == 2)
+        #expect(PeerCalls.frameCount(repeatElement(0, count: PeerCalls.maxPerFrame + 5)) == PeerCalls.maxPerFrame)
         var tooMany = WireWriter()
         tooMany.varint(UInt64(PeerCalls.maxPerFrame + 1))
         #expect(throws: WireError.self) { try PeerCalls.decodeCalls(tooMany.bytes) }

@@ -21,6 +21,21 @@ enum PeerCalls {
     static let answerPrefix = "answers:"
     /// The largest number of calls or answers in one frame.
     static let maxPerFrame = 4096
+    /// A frame takes calls or answers up to about this many bytes of bodies (at least one),
+    /// far below the frame limit the reader enforces.
+    static let frameBytes = 8 << 20
+
+    /// How many of `sizes` (from the front) go in the next frame.
+    static func frameCount(_ sizes: some Sequence<Int>) -> Int {
+        var count = 0
+        var bytes = 0
+        for size in sizes {
+            if count == maxPerFrame || (count > 0 && bytes + size > frameBytes) { break }
+            count += 1
+            bytes += size
+        }
+        return count
+    }
 
     struct Call: Sendable {
         let id: UInt64
@@ -157,7 +172,7 @@ final class PeerCallStream: Sendable {
     /// of their numbers because only this loop takes numbers and writes.
     private func writeQueued() {
         let (calls, sequence, more) = state.withLock { s -> ([PeerCalls.Call], UInt64, Bool) in
-            let calls = Array(s.queued.prefix(PeerCalls.maxPerFrame))
+            let calls = Array(s.queued.prefix(PeerCalls.frameCount(s.queued.lazy.map(\.body.count))))
             s.queued.removeFirst(calls.count)
             // More than one frame holds: the rest goes in the next turn of the loop.
             s.writeScheduled = !s.queued.isEmpty
@@ -285,7 +300,7 @@ final class PeerCallOutbox: Sendable {
 
     func take() -> [PeerCalls.Answer] {
         state.withLock { s in
-            let taken = Array(s.answers.prefix(PeerCalls.maxPerFrame))
+            let taken = Array(s.answers.prefix(PeerCalls.frameCount(s.answers.lazy.map(\.body.count))))
             s.answers.removeFirst(taken.count)
             return taken
         }
