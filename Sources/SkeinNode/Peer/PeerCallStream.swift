@@ -314,14 +314,11 @@ extension PeerResponder {
     /// finish. A bad frame stops the reading (logged); the answers of calls already running are
     /// still sent, then the stream ends and the peer opens a new one.
     func callStream(_ request: Request) -> Hummingbird.Response {
-        let path = request.uri.path
-        let header = request.headers[HTTPField.Name(PeerAuth.header)!]
-        if let why = auth.verify(header: header, method: request.method.rawValue, path: path, body: []) {
-            logger.warning("refused a peer request", metadata: ["why": "\(why)", "path": "\(path)"])
-            return Self.answer(.unauthorized, "peer requests must prove the cluster secret")
+        let name: String
+        switch opening(request) {
+        case .failure(let refusal): return refusal.response
+        case .success(let opened): name = opened
         }
-        guard request.method == .post else { return Self.answer(.methodNotAllowed, "\(path) answers POST") }
-        let name = String(header.flatMap { PeerAuth.proof(ofHeader: $0) } ?? "")
         let answerKey = auth.frameKey(stream: PeerCalls.answerPrefix + name)
         let auth = self.auth
         let logger = self.logger

@@ -129,27 +129,14 @@ actor PeerConnection {
     private func raftFrame(_ payload: [UInt8], partitionCount: Int) async throws -> (any Channel, ByteBuffer) {
         if raftStream == nil || raftStream?.channel.isActive != true {
             raftStream = nil
-            let multiplexer = try await connected()
-            traffic.requestsOut.add(1, ordering: .relaxed)
-            let authority = "\(host):\(port)"
+            let peer = "\(host):\(port)"
             let logger = self.logger
-            let channel = try await multiplexer.openStream { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
-                    try channel.pipeline.syncOperations.addHandler(StreamAnswerWatcher(peer: authority, logger: logger))
-                    return channel
-                }
+            let (channel, name) = try await openStream(path: Self.raftStreamPath, headers: [(Self.partitionsHeader, String(partitionCount))]) { channel, name in
+                try channel.pipeline.syncOperations.addHandler(StreamAnswerWatcher(peer: peer, logger: logger))
+                return name
             }
-            let signature = auth.sign(method: "POST", path: Self.raftStreamPath, body: [])
-            var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: Self.raftStreamPath)
-            head.headers.add(name: "host", value: authority)
-            head.headers.add(name: "content-type", value: "application/x-skein-peer-stream")
-            head.headers.add(name: PeerAuth.header, value: signature)
-            head.headers.add(name: Self.partitionsHeader, value: String(partitionCount))
-            // Queued before any frame: the channel keeps writes in order.
-            channel.write(HTTPClientRequestPart.head(head), promise: nil)
             if let current = raftStream { current.channel.close(promise: nil) }
-            raftStream = (channel, auth.frameKey(stream: PeerAuth.proof(ofHeader: signature) ?? ""))
+            raftStream = (channel, auth.frameKey(stream: name))
             raftSequence = 0
         }
         let stream = raftStream!
@@ -181,30 +168,45 @@ actor PeerConnection {
     }
 
     private func newCallStream() async throws -> PeerCallStream {
-        let multiplexer = try await connected()
-        traffic.requestsOut.add(1, ordering: .relaxed)
-        let authority = "\(host):\(port)"
-        let channel = try await multiplexer.openStream { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
-                return channel
-            }
+        let peer = "\(host):\(port)"
+        let auth = self.auth
+        let logger = self.logger
+        let (_, stream) = try await openStream(path: PeerCalls.path) { channel, name in
+            let stream = PeerCallStream(channel: channel, name: name, auth: auth, peer: peer)
+            try channel.pipeline.syncOperations.addHandler(PeerCallAnswerReader(stream: stream, logger: logger))
+            return stream
         }
-        let signature = auth.sign(method: "POST", path: PeerCalls.path, body: [])
-        let stream = PeerCallStream(channel: channel, name: String(PeerAuth.proof(ofHeader: signature) ?? ""), auth: auth, peer: authority)
-        try await channel.pipeline.addHandler(PeerCallAnswerReader(stream: stream, logger: logger))
-        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: PeerCalls.path)
-        head.headers.add(name: "host", value: authority)
-        head.headers.add(name: "content-type", value: "application/x-skein-peer-stream")
-        head.headers.add(name: PeerAuth.header, value: signature)
-        // Queued before any frame: the channel keeps writes in order.
-        channel.writeAndFlush(HTTPClientRequestPart.head(head), promise: nil)
         let previous = calls.withLock { current in
             defer { current = stream }
             return current
         }
         previous?.close(why: "replaced")
         return stream
+    }
+
+    /// Opens a long-lived stream to the peer: a POST to `path` whose head proves the secret and
+    /// leaves before any frame (the channel keeps writes in order). `configure` adds the
+    /// stream's reader on its event loop, given the stream's name (the proof its frames are
+    /// signed under), and returns what the caller keeps of it.
+    private func openStream<T: Sendable>(path: String, headers extra: [(String, String)] = [],
+                                         configure: @escaping @Sendable (any Channel, String) throws -> T) async throws -> (any Channel, T) {
+        let multiplexer = try await connected()
+        traffic.requestsOut.add(1, ordering: .relaxed)
+        let signature = auth.sign(method: "POST", path: path, body: [])
+        let name = String(PeerAuth.proof(ofHeader: signature) ?? "")
+        let (channel, kept) = try await multiplexer.openStream { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http))
+                return (channel as any Channel, try configure(channel, name))
+            }
+        }
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
+        head.headers.add(name: "host", value: "\(host):\(port)")
+        head.headers.add(name: "content-type", value: "application/x-skein-peer-stream")
+        head.headers.add(name: PeerAuth.header, value: signature)
+        for (field, value) in extra { head.headers.add(name: field, value: value) }
+        channel.writeAndFlush(HTTPClientRequestPart.head(head), promise: nil)
+        return (channel, kept)
     }
 
     static let raftStreamPath = "/v1/peer/raft-stream"

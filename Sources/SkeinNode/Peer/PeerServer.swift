@@ -90,20 +90,17 @@ struct PeerResponder: HTTPResponder {
     /// peer's stream ended, or a frame was bad (logged; the peer opens a new stream).
     /// Everything this node sends back travels on its own stream to the peer.
     func raftStream(_ request: Request) -> Hummingbird.Response {
-        let path = request.uri.path
-        let header = request.headers[HTTPField.Name(PeerAuth.header)!]
-        if let why = auth.verify(header: header, method: request.method.rawValue, path: path, body: []) {
-            logger.warning("refused a peer request", metadata: ["why": "\(why)", "path": "\(path)"])
-            return Self.answer(.unauthorized, "peer requests must prove the cluster secret")
+        let stream: String
+        switch opening(request) {
+        case .failure(let refusal): return refusal.response
+        case .success(let name): stream = name
         }
-        guard request.method == .post else { return Self.answer(.methodNotAllowed, "\(path) answers POST") }
         guard let replication = cluster.replication else { return Self.answer(.serviceUnavailable, "replication is starting") }
         let theirs = request.headers[HTTPField.Name(PeerConnection.partitionsHeader)!].flatMap { Int($0) }
         guard theirs == replication.partitionCount else {
             logger.error("a peer has a different partition count", metadata: ["theirs": "\(theirs.map(String.init) ?? "none")", "ours": "\(replication.partitionCount)"])
             return Self.answer(.conflict, "this node has \(replication.partitionCount) partitions, the sender \(theirs.map(String.init) ?? "did not say")")
         }
-        let stream = header.flatMap { PeerAuth.proof(ofHeader: $0) } ?? ""
         let auth = self.auth
         let logger = self.logger
         var headers = HTTPFields()
@@ -138,6 +135,24 @@ struct PeerResponder: HTTPResponder {
             }
             try await writer.finish(nil)
         })
+    }
+
+    struct Refusal: Error {
+        let response: Hummingbird.Response
+    }
+
+    /// The opening of a long-lived stream: its head must prove the secret over an empty body
+    /// (else 401) and be a POST (else 405). Gives the stream's name, the proof its frames are
+    /// signed under.
+    func opening(_ request: Request) -> Result<String, Refusal> {
+        let path = request.uri.path
+        let header = request.headers[HTTPField.Name(PeerAuth.header)!]
+        if let why = auth.verify(header: header, method: request.method.rawValue, path: path, body: []) {
+            logger.warning("refused a peer request", metadata: ["why": "\(why)", "path": "\(path)"])
+            return .failure(Refusal(response: Self.answer(.unauthorized, "peer requests must prove the cluster secret")))
+        }
+        guard request.method == .post else { return .failure(Refusal(response: Self.answer(.methodNotAllowed, "\(path) answers POST"))) }
+        return .success(String(header.flatMap { PeerAuth.proof(ofHeader: $0) } ?? ""))
     }
 
     static func answer(_ status: HTTPResponse.Status, _ message: String) -> Hummingbird.Response {
