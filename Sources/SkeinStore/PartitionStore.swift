@@ -127,6 +127,14 @@ public struct AppliedEntry: Sendable {
     public var existed: Bool
     /// An instance change refused because the instance moved on (or exists) meanwhile.
     public var conflict: Bool = false
+
+    public init(partition: Int, index: UInt64, term: UInt64, existed: Bool, conflict: Bool = false) {
+        self.partition = partition
+        self.index = index
+        self.term = term
+        self.existed = existed
+        self.conflict = conflict
+    }
 }
 
 /// One partition's share of a group commit: what its ``RaftReady`` asks to persist and apply.

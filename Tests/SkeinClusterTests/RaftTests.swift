@@ -119,6 +119,39 @@ struct RaftTests {
         for id in three { #expect(h.applied[id]?.contains { $0.data == [7] } == true) }
     }
 
+    @Test("a leader's appends leave while its previous ready is being written; it commits only what it made durable")
+    func appendsLeaveDuringWrite() throws {
+        var h = RaftHarness(three)
+        h.run(for: .seconds(2))
+        let leader = h.raft(h.leaders[0])
+        let follower = h.raft(three.first { $0 != leader.id }!)
+        // The first entry's ready is handed out and not yet durable.
+        let (first, _) = try #require(leader.propose([1], now: h.now))
+        let inFlight = leader.ready()
+        #expect(inFlight.entries.map(\.index) == [first])
+        #expect(!leader.hasReady)
+        // A second entry proposed meanwhile: its appends can be taken at once, only them.
+        let (second, _) = try #require(leader.propose([2], now: h.now))
+        #expect(leader.hasMessagesThatCanLeave)
+        let early = leader.takeMessagesThatCanLeave()
+        #expect(!early.isEmpty && early.allSatisfy(\.canLeaveBeforeFsync))
+        #expect(early.contains { if case .append(_, _, let entries, _, _) = $0.body { entries.contains { $0.index == second } } else { false } })
+        #expect(leader.takeMessagesThatCanLeave().isEmpty)
+        // The followers make both durable and answer; the leader has made neither durable,
+        // yet one follower's acknowledgement plus its own write is what a commit needs.
+        for m in inFlight.messages + early where m.to == follower.id { follower.step(m, now: h.now) }
+        let answer = follower.ready()
+        follower.advance(now: h.now)
+        for m in answer.messages where m.to == leader.id { leader.step(m, now: h.now) }
+        #expect(leader.commit < first, "committed before its own write of the entry was durable")
+        // Its write of the first entry completes: that one commits, the second not yet.
+        leader.advance(now: h.now)
+        #expect(leader.commit >= first && leader.commit < second)
+        h.settle()
+        #expect(leader.commit >= second)
+        for id in three { #expect(h.applied[id]?.suffix(2).map(\.data) == [[1], [2]]) }
+    }
+
     @Test("pre-vote: a node cut off does not raise its term, and does not disturb the leader when it returns")
     func preVote() {
         var h = RaftHarness(three)

@@ -353,6 +353,21 @@ public final class Raft {
             || !messages.isEmpty || min(commit, log.lastIndex) > handedOutCommitted
     }
 
+    /// Whether appends or heartbeats wait to be sent (see ``takeMessagesThatCanLeave()``).
+    public var hasMessagesThatCanLeave: Bool { messages.contains(where: \.canLeaveBeforeFsync) }
+
+    /// Takes the appends and heartbeats waiting to be sent, leaving the rest for the next
+    /// ready. A leader may send its entries before its own write of them is durable (Raft
+    /// §10.2.1; its commit counts only what it has made durable), so the shell sends them at
+    /// once, even while an earlier ready is being written: the followers' fsyncs then overlap
+    /// the leader's write instead of queueing behind it.
+    public func takeMessagesThatCanLeave() -> [RaftMessage] {
+        guard hasMessagesThatCanLeave else { return [] }
+        let leaving = messages.filter(\.canLeaveBeforeFsync)
+        messages.removeAll(where: \.canLeaveBeforeFsync)
+        return leaving
+    }
+
     /// What to persist, send and apply. Call ``advance(_:)`` once it is durable and sent;
     /// no other ready is handed out in between.
     public func ready() -> RaftReady {

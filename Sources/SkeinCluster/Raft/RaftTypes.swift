@@ -111,6 +111,15 @@ public struct RaftMessage: Sendable, Equatable {
         if case .vote = body { return true }
         return false
     }
+
+    /// A leader's appends and heartbeats, which may leave before its own write is durable;
+    /// every other message (votes, a follower's acknowledgements) waits for the disk.
+    public var canLeaveBeforeFsync: Bool {
+        switch body {
+        case .append, .heartbeat: true
+        default: false
+        }
+    }
 }
 
 public enum RaftRole: String, Sendable, Equatable {

@@ -32,6 +32,17 @@ enum ReplacementProgress: Sendable, Equatable {
     case refused(String)
 }
 
+/// When a proposal's writer is answered.
+enum Resolution: Sendable {
+    /// Once the entry is applied here (what the apply did, a conflict say, is in the answer).
+    case applied
+    /// As soon as the entry is committed (durable on a majority), before it is applied: for
+    /// writers that know their entry cannot be refused (a workflow instance's runner, the
+    /// only writer of its instance). Should the apply refuse it after all, `refused` is
+    /// called. Reads of the store wait for such entries (``Replication/caughtUp(partition:)``).
+    case committed(refused: @Sendable () -> Void)
+}
+
 /// One partition's public state, for `/v1/cluster` and routing.
 struct PartitionStatus: Sendable {
     var id: Int
@@ -80,6 +91,19 @@ actor Replication {
         var term: UInt64
         var deadline: ContinuousClock.Instant
         var continuation: CheckedContinuation<AppliedEntry, any Error>
+        var refused: (@Sendable () -> Void)? = nil
+    }
+    /// Per partition, the indexes of entries whose writers are answered at commit, in order.
+    private var answerAtCommit: [Int: [UInt64]] = [:]
+    /// Entries answered at commit and not yet applied: what to call if the apply refuses one.
+    private var answeredAtCommit: [WaiterKey: @Sendable () -> Void] = [:]
+    /// Per partition, the last entry answered at commit: reads of the store wait until it is applied.
+    private var answeredThrough: [Int: UInt64] = [:]
+    private var catchUps: [Int: [CatchUp]] = [:]
+    struct CatchUp {
+        var index: UInt64
+        var deadline: ContinuousClock.Instant
+        var continuation: CheckedContinuation<Void, any Error>
     }
 
     init(me: RaftNodeID, voters: [RaftNodeID], store: PartitionStore, peers: PeerClients, logger: Logger,
@@ -125,6 +149,8 @@ actor Replication {
         }
         for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.timedOut(partition: 0)) }
         waiters = [:]
+        for (p, waiting) in catchUps { for c in waiting { c.continuation.resume(throwing: ReplicationError.timedOut(partition: p)) } }
+        catchUps = [:]
     }
 
     /// Every partition's leader and epoch, as last published.
@@ -149,7 +175,8 @@ actor Replication {
 
     /// Proposes a command to `partition` and waits until it is applied here. Throws
     /// ``ReplicationError/notLeader(partition:leader:)`` when another node leads.
-    func propose(_ command: PartitionCommand, partition: Int) async throws -> AppliedEntry {
+    /// With `resolve: .committed`, answers as soon as the entry is committed.
+    func propose(_ command: PartitionCommand, partition: Int, resolve: Resolution = .applied) async throws -> AppliedEntry {
         if let failed { throw ReplicationError.storageFailed(failed) }
         let g = groups[partition]
         guard let (index, term) = g.propose(command.encode(), now: now) else {
@@ -157,8 +184,46 @@ actor Replication {
         }
         let deadline = clock.now + waitLimit
         return try await withCheckedThrowingContinuation { continuation in
-            waiters[WaiterKey(partition: partition, index: index)] = Waiter(term: term, deadline: deadline, continuation: continuation)
+            var waiter = Waiter(term: term, deadline: deadline, continuation: continuation)
+            if case .committed(let refused) = resolve {
+                waiter.refused = refused
+                answerAtCommit[partition, default: []].append(index)
+            }
+            waiters[WaiterKey(partition: partition, index: index)] = waiter
             pump()
+        }
+    }
+
+    /// Waits until every entry of `partition` whose writer was answered at commit is applied
+    /// here, so what the store says includes every checkpoint acknowledged so far.
+    func caughtUp(partition p: Int) async throws {
+        if let failed { throw ReplicationError.storageFailed(failed) }
+        guard let target = answeredThrough[p], groups[p].applied < target else { return }
+        let deadline = clock.now + waitLimit
+        try await withCheckedThrowingContinuation { continuation in
+            catchUps[p, default: []].append(CatchUp(index: target, deadline: deadline, continuation: continuation))
+        }
+    }
+
+    /// Answers the writers waiting for commit whose entries this node, still leading in the
+    /// term they were proposed in, has committed. (A leader commits only what a majority,
+    /// itself included, has made durable; an entry of its own term at or below its commit
+    /// index is that entry.) The others wait for the apply, which says whether they were lost.
+    private func answerCommitted() {
+        for (p, indexes) in answerAtCommit where !indexes.isEmpty {
+            let g = groups[p]
+            var answered = 0
+            for index in indexes {
+                guard index <= g.commit else { break }
+                answered += 1
+                let key = WaiterKey(partition: p, index: index)
+                guard let w = waiters[key], g.role == .leader, w.term == g.term else { continue }
+                waiters[key] = nil
+                answeredAtCommit[key] = w.refused ?? {}
+                answeredThrough[p] = max(answeredThrough[p] ?? 0, index)
+                w.continuation.resume(returning: AppliedEntry(partition: p, index: index, term: w.term, existed: false))
+            }
+            if answered > 0 { answerAtCommit[p]!.removeFirst(answered) }
         }
     }
 
@@ -294,21 +359,26 @@ actor Replication {
             waiters[key] = nil
             w.continuation.resume(throwing: ReplicationError.timedOut(partition: key.partition))
         }
+        for (p, waiting) in catchUps where waiting.contains(where: { $0.deadline <= t }) {
+            for c in waiting where c.deadline <= t { c.continuation.resume(throwing: ReplicationError.timedOut(partition: p)) }
+            catchUps[p] = waiting.filter { $0.deadline > t }
+        }
     }
 
     /// Starts the next group commit if none is under way and any partition has work.
     private func pump() {
         guard failed == nil else { return }
         publish()
+        answerCommitted()
         var readies: [(Int, RaftReady)] = []
         var immediate: [RaftMessage] = []
         let t = now
-        for g in groups where g.hasReady {
-            if !g.readyNeedsStorage {
+        for g in groups {
+            if g.hasReady, !g.readyNeedsStorage {
                 // Only messages (heartbeats and their answers, mostly): no disk round trip.
                 immediate += g.ready().messages
                 g.advance(now: t)
-            } else if !writing {
+            } else if g.hasReady, !writing {
                 var r = g.ready()
                 // A leader's appends and heartbeats may leave before its own fsync (Raft
                 // §10.2.1): its commit index counts only what it has made durable. Everything
@@ -316,6 +386,10 @@ actor Replication {
                 immediate += r.messages.filter(\.canLeaveBeforeFsync)
                 r.messages.removeAll(where: \.canLeaveBeforeFsync)
                 readies.append((g.partition, r))
+            } else {
+                // A write is under way: new entries go into the next one, but their appends
+                // leave now, so the followers' fsyncs overlap this node's write.
+                immediate += g.takeMessagesThatCanLeave()
             }
         }
         if !immediate.isEmpty {
@@ -349,7 +423,16 @@ actor Replication {
             }
         }
         for a in applied {
-            guard let w = waiters.removeValue(forKey: WaiterKey(partition: a.partition, index: a.index)) else { continue }
+            let key = WaiterKey(partition: a.partition, index: a.index)
+            if let refused = answeredAtCommit.removeValue(forKey: key) {
+                if a.conflict {
+                    // Never expected: its writer knew nothing else writes what it changes.
+                    logger.critical("an entry answered at commit was refused when applied", metadata: ["partition": "\(a.partition)", "index": "\(a.index)"])
+                    refused()
+                }
+                continue
+            }
+            guard let w = waiters.removeValue(forKey: key) else { continue }
             if w.term == a.term {
                 w.continuation.resume(returning: a)
             } else {
@@ -360,6 +443,12 @@ actor Replication {
         for (p, _) in readies {
             groups[p].advance(now: t)
             compactIfLong(p)
+            if var waiting = catchUps[p] {
+                let applied = groups[p].applied
+                for c in waiting where c.index <= applied { c.continuation.resume() }
+                waiting.removeAll { $0.index <= applied }
+                catchUps[p] = waiting.isEmpty ? nil : waiting
+            }
         }
         startSending()
         pump()
@@ -393,6 +482,8 @@ actor Replication {
         logger.critical("the partition log could not be written; this node stops taking part in replication", metadata: ["error": "\(why)"])
         for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.storageFailed(why)) }
         waiters = [:]
+        for (_, waiting) in catchUps { for c in waiting { c.continuation.resume(throwing: ReplicationError.storageFailed(why)) } }
+        catchUps = [:]
     }
 
     /// Sends everything queued for `to`, in order, until the queue is empty.
@@ -446,13 +537,6 @@ actor Replication {
 }
 
 extension RaftMessage {
-    var canLeaveBeforeFsync: Bool {
-        switch body {
-        case .append, .heartbeat: true
-        default: false
-        }
-    }
-
     /// Roughly what the message costs on the wire, for batching.
     var approximateSize: Int {
         switch body {

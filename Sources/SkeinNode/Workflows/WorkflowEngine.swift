@@ -219,11 +219,14 @@ actor WorkflowEngine {
         return r
     }
 
+    /// Throws 503 unless this node owns `id`'s partition; then waits until every checkpoint
+    /// acknowledged there is applied, so what the store says about any instance is current.
     func requireOwnership(of id: String) async throws {
         let p = partition(of: id)
         guard await replication.owns(partition: p), owned[p] != nil else {
             throw WorkflowFailure(code: 503, what: "no_owner", description: "this node does not own partition \(p) right now; retry")
         }
+        try await replication.caughtUp(partition: p)
     }
 
     /// Queues timeline lines that change no state (a task attempt starting, an adoption). Those
@@ -569,7 +572,11 @@ actor InstanceRunner {
                                                 baseVersion: state.version, version: next.version, replace: false, state: Self.encode(next),
                                                 results: results.mapValues { Array($0.json) },
                                                 timeline: carried + timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes })
-                    let applied = try await propose(.instance(change))
+                    // This runner is its instance's only writer here, and started from its latest
+                    // state: the checkpoint cannot be refused, so it counts once committed.
+                    let applied = try await propose(.instance(change), resolve: .committed(refused: { [weak self] in
+                        Task { await self?.refusedAfterCommit() }
+                    }))
                     if applied.conflict {
                         // Refused, so the lines it carried were not stored: they go on their own
                         // (a task that ran here stays on the timeline).
@@ -596,11 +603,20 @@ actor InstanceRunner {
         kick()
     }
 
-    private func propose(_ command: PartitionCommand) async throws -> AppliedEntry {
+    /// A checkpoint answered at commit was refused when applied (never expected: something
+    /// else wrote the instance). Stop; the engine resumes the instance from what is stored.
+    private func refusedAfterCommit() {
+        guard !stopped else { return }
+        stop()
+        let id = state.id
+        Task { await engine.runnerStopped(id, runner: self) }
+    }
+
+    private func propose(_ command: PartitionCommand, resolve: Resolution = .applied) async throws -> AppliedEntry {
         let deadline = ContinuousClock.now + .seconds(3)
         while true {
             do {
-                return try await engine.replication.propose(command, partition: partition)
+                return try await engine.replication.propose(command, partition: partition, resolve: resolve)
             } catch ReplicationError.notLeader(_, nil) where !stopped && ContinuousClock.now < deadline {
                 // This node leads but is handing the partition to another voter (proposals
                 // wait meanwhile). Keep the task's result and try again: if the handover

@@ -302,6 +302,7 @@ struct WorkflowRoutes: Sendable {
         }
         if forwarded, let p = only {
             guard await replication.owns(partition: p) else { throw WorkflowFailure(code: 503, what: "no_owner", description: "partition \(p) moved; retry") }
+            try await replication.caughtUp(partition: p)
             let rows = try await replication.store.instances(partition: p, status: status, limit: limit)
             let epoch = await replication.epoch(partition: p)
             return .json(raw: StatusView.array(try rows.map { try JSONDecoder().decode(InstanceState.self, from: Data($0.state)) }, owner: engine.node, epoch: epoch))

@@ -126,21 +126,23 @@ struct WorkflowSimulationTests {
         }
         let count = env["SKEIN_WF_SIM_SEEDS"].flatMap(Int.init) ?? 60
         let base = env["SKEIN_SIM_BASE"].flatMap(UInt64.init) ?? UInt64(Date().timeIntervalSince1970)
-        let (failures, instances, reruns) = await offPool { () -> ([String], Int, Int) in
+        let (failures, instances, reruns, early) = await offPool { () -> ([String], Int, Int, Int) in
             var failures: [String] = []
-            var instances = 0, reruns = 0
+            var instances = 0, reruns = 0, early = 0
             for n in 0..<count {
                 let seed = base &* 7_000_003 &+ UInt64(n)
                 var sim = RaftSimulator(seed: seed, workflows: true)
                 if let report = sim.run() { failures.append(report) }
                 instances += sim.wf.started.count
                 reruns += sim.wf.executions.values.filter { $0 > 1 }.count
+                early += sim.wf.answeredAtCommit.count
                 if failures.count >= 3 { break }
             }
-            return (failures, instances, reruns)
+            return (failures, instances, reruns, early)
         }
-        print("workflow simulation: \(count) seeds, \(instances) instances started, \(reruns) task attempts run again after an owner changed, \(failures.count) failed")
+        print("workflow simulation: \(count) seeds, \(instances) instances started, \(early) checkpoints answered at commit before they applied, \(reruns) task attempts run again after an owner changed, \(failures.count) failed")
         for f in failures { Issue.record("\(f)") }
         #expect(instances > 0)
+        #expect(early > 0, "no runner went on from a checkpoint before it applied: that path went untested")
     }
 }

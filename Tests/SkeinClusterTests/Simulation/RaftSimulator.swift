@@ -98,8 +98,10 @@ struct RaftSimulator {
         var fsyncBusy = false
         /// Writes this node proposed as leader: (partition, index) → (term, key, version).
         var pending: [PartitionIndex: (term: UInt64, key: UInt8, version: UInt64)] = [:]
-        /// Workflow mode: instance checkpoints proposed and not yet applied, and task attempts running.
-        var checkpointing: [String: PartitionIndex] = [:]
+        /// Workflow mode: instance checkpoints proposed and not yet answered, checkpoints answered
+        /// at commit and not yet applied (the runner's state in memory), and task attempts running.
+        var checkpointing: [String: Checkpoint] = [:]
+        var answered: [String: Checkpoint] = [:]
         var running: Set<String> = []
     }
 
@@ -311,6 +313,8 @@ struct RaftSimulator {
             }
             nodes[i].groups[m.partition].step(m, now: local(i))
             pump(i)
+            // An acknowledgement may commit a checkpoint its runner waits for.
+            if workflows { driveWorkflows(i) }
         case .fsyncDone(let i, let bootNumber):
             guard nodes[i].up, nodes[i].boot == bootNumber else { return }
             if nodes[i].paused {
@@ -326,6 +330,7 @@ struct RaftSimulator {
             nodes[i].inFlight = []
             nodes[i].pending = [:]
             nodes[i].checkpointing = [:]
+            nodes[i].answered = [:]
             nodes[i].running = []
         case .restart(let i):
             guard !nodes[i].up else { return }
@@ -382,14 +387,25 @@ struct RaftSimulator {
         }
     }
 
-    /// Hands the next ready to the simulated disk, unless an fsync is under way.
+    /// Hands the next ready to the simulated disk, unless an fsync is under way. As in the
+    /// node, a leader's appends and heartbeats leave at once, also while an fsync is under way;
+    /// everything else leaves once the ready is durable.
     mutating func pump(_ i: Int) {
-        guard nodes[i].up, !nodes[i].fsyncBusy else { return }
+        guard nodes[i].up else { return }
+        guard !nodes[i].fsyncBusy else {
+            for p in 0..<scenario.partitions {
+                for m in nodes[i].groups[p].takeMessagesThatCanLeave() { send(m, from: i) }
+            }
+            return
+        }
         var readies: [RaftReady?] = []
         var any = false
         for p in 0..<scenario.partitions {
             if nodes[i].groups[p].hasReady {
-                readies.append(nodes[i].groups[p].ready())
+                var r = nodes[i].groups[p].ready()
+                for m in r.messages where m.canLeaveBeforeFsync { send(m, from: i) }
+                r.messages.removeAll(where: \.canLeaveBeforeFsync)
+                readies.append(r)
                 any = true
             } else {
                 readies.append(nil)

@@ -23,7 +23,17 @@ struct WorkflowEntry: Codable {
     }
 }
 
+/// A checkpoint a node proposed: where it went, in which term, and the state it commits.
+struct Checkpoint {
+    var at: RaftSimulator.PartitionIndex
+    var term: UInt64
+    var state: InstanceState
+    var start: Bool
+}
+
 struct WorkflowChecker {
+    /// Checkpoints whose runner was answered at commit, before they were applied.
+    var answeredAtCommit: Set<RaftSimulator.PartitionIndex> = []
     /// Committed results per `instance#task`.
     var committed: [String: Int] = [:]
     /// Attempts run per `instance#task` (may exceed one: an owner dies mid-task).
@@ -64,8 +74,35 @@ extension RaftSimulator {
         let data = entry.encode()
         guard let (index, term) = nodes[i].groups[p].propose(data, now: local(i)) else { return }
         recordEntry(p, RaftEntry(index: index, term: term, kind: .command, data: data))
-        nodes[i].checkpointing[entry.instance] = PartitionIndex(partition: p, index: index)
+        nodes[i].checkpointing[entry.instance] = Checkpoint(at: PartitionIndex(partition: p, index: index), term: term, state: entry.state, start: entry.base == 0)
         pump(i)
+    }
+
+    /// The state a node's runner goes on from: the checkpoint answered at commit, if not yet
+    /// applied, else what the node applied.
+    func current(_ i: Int, _ p: Int, _ id: String) -> InstanceState? {
+        nodes[i].answered[id]?.state ?? nodes[i].disks[p].instances[id]
+    }
+
+    /// As the node's engine does: a checkpoint is settled once applied (or overwritten by
+    /// another leader), and a runner's checkpoint (not a start) already once this node,
+    /// leading in the term it was proposed in, has committed it. The runner then goes on from
+    /// the state in memory until the node applies it, or stops leading in that term.
+    mutating func settleCheckpoints(_ i: Int, _ p: Int) {
+        let g = nodes[i].groups[p]
+        let applied = nodes[i].disks[p].applied
+        for (id, c) in nodes[i].checkpointing where c.at.partition == p {
+            if applied >= c.at.index {
+                nodes[i].checkpointing[id] = nil
+            } else if !c.start, g.role == .leader, g.term == c.term, g.commit >= c.at.index {
+                nodes[i].checkpointing[id] = nil
+                nodes[i].answered[id] = c
+                wf.answeredAtCommit.insert(c.at)
+            }
+        }
+        for (id, c) in nodes[i].answered where c.at.partition == p && (applied >= c.at.index || g.role != .leader || g.term != c.term) {
+            nodes[i].answered[id] = nil
+        }
     }
 
     /// On every partition this node owns: start the runnable tasks of its instances and fire
@@ -73,13 +110,10 @@ extension RaftSimulator {
     mutating func driveWorkflows(_ i: Int) {
         guard nodes[i].up, !nodes[i].paused else { return }
         for p in 0..<scenario.partitions {
-            // A checkpoint whose index was applied (or overwritten by another leader) is settled.
-            for (id, at) in nodes[i].checkpointing where at.partition == p && nodes[i].disks[p].applied >= at.index {
-                nodes[i].checkpointing[id] = nil
-            }
+            settleCheckpoints(i, p)
             guard owns(i, p) else { continue }
             for id in nodes[i].disks[p].instances.keys.sorted() {
-                guard let state = nodes[i].disks[p].instances[id], !state.status.isTerminal, nodes[i].checkpointing[id] == nil else { continue }
+                guard let state = current(i, p, id), !state.status.isTerminal, nodes[i].checkpointing[id] == nil else { continue }
                 if let wake = state.wakeAt, wake <= wallMs {
                     let t = WorkflowChecker.machine.apply(.timer, to: state, now: wallMs)
                     if t.changed {
@@ -117,7 +151,7 @@ extension RaftSimulator {
         }
         nodes[i].running.remove(token)
         // A deposed owner's result is dropped here; had it been proposed, the log would refuse it.
-        guard owns(i, p), let state = nodes[i].disks[p].instances[id] else { return }
+        guard owns(i, p), let state = current(i, p, id) else { return }
         let t = WorkflowChecker.machine.apply(.taskCompleted(key: key, attempt: attempt, output: output(for: key, state: state), durationMs: 1),
                                               to: state, now: wallMs)
         guard t.changed else { return }
@@ -132,7 +166,12 @@ extension RaftSimulator {
         }
         let current = disk.instances[entry.instance]
         let accepted = entry.base == 0 ? current == nil : current?.version == entry.base
-        guard accepted else { return }
+        guard accepted else {
+            if wf.answeredAtCommit.contains(PartitionIndex(partition: p, index: e.index)) {
+                failure = "\(nodes[i].id) p\(p) refuses checkpoint \(e.index) of \(entry.instance) when applying it, but its runner was answered at commit"
+            }
+            return
+        }
         disk.instances[entry.instance] = entry.state
         guard first else { return }
         if entry.base == 0 { wf.started[entry.instance] = p }
