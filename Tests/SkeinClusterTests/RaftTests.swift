@@ -149,6 +149,10 @@ struct RaftTests {
         #expect(leader.commit >= first && leader.commit < second)
         h.settle()
         #expect(leader.commit >= second)
+        // No message of its own announces the new commit index: the followers learn it from
+        // the next append or heartbeat.
+        #expect(follower.commit < second)
+        h.run(for: .milliseconds(150))
         for id in three { #expect(h.applied[id]?.suffix(2).map(\.data) == [[1], [2]]) }
     }
 
@@ -288,7 +292,10 @@ struct RaftTests {
         let leader = h.raft(h.leaders[0])
         #expect(h.raft("d").role == .follower)
         _ = leader.propose([9], now: h.now)
+        // The learner has the entry at once and learns it committed from the next heartbeat.
         h.settle()
+        #expect(h.raft("d").lastIndex == leader.lastIndex)
+        h.run(for: .milliseconds(150))
         #expect(h.applied["d"]?.contains { $0.data == [9] } == true)
         // Two voters at once is refused.
         #expect(leader.proposeConfiguration(RaftConfiguration(voters: ["a", "b", "c", "d", "e"]), now: h.now) == .failure(.moreThanOneVoter))
@@ -304,7 +311,7 @@ struct RaftTests {
         #expect(leader.configuration.voters.count == 3)
         #expect(!leader.configuration.voters.contains(gone))
         _ = leader.propose([10], now: h.now)
-        h.settle()
+        h.run(for: .milliseconds(150))
         #expect(h.applied["d"]?.last?.data == [10])
     }
 

@@ -82,7 +82,6 @@ public final class Raft {
         var snapshotIndex: UInt64 = 0
         var snapshotSentAt: Duration = .zero
         var matchAtLastHeartbeat: UInt64 = 0
-        var commitSent: UInt64 = 0
     }
 
     public init(id: RaftNodeID, partition: Int, stored: RaftStoredState, config: RaftConfig = RaftConfig(), seed: UInt64, now: Duration) {
@@ -416,7 +415,10 @@ public final class Raft {
         if role == .leader {
             progress[id]?.match = persistedIndex
             progress[id]?.next = log.lastIndex + 1
-            if maybeCommit() { broadcastAppend(now: now) }
+            // Followers learn the new commit index from the next append or heartbeat: a
+            // message of its own would cost each follower an apply of its own, which delays
+            // its write of the entries that follow.
+            _ = maybeCommit()
             stepDownIfRemoved(now: now)
         }
     }
@@ -602,11 +604,10 @@ public final class Raft {
                 return
             }
             let entries = log.slice(from: pr.next, to: log.lastIndex, maxCount: config.maxEntriesPerAppend, maxBytes: config.maxBytesPerAppend)
-            if pr.state == .replicate, entries.isEmpty, commit <= pr.commitSent {
-                return  // nothing new to say
+            if pr.state == .replicate, entries.isEmpty {
+                return  // nothing new to send; a new commit index rides on what comes next
             }
             send(to: peer, term: term, .append(prevIndex: prevIndex, prevTerm: prevTerm, entries: entries, commit: commit, sentAt: now))
-            pr.commitSent = commit
             switch pr.state {
             case .probe:
                 pr.probeSent = true
@@ -681,7 +682,7 @@ public final class Raft {
                 break
             }
             progress[peer] = pr
-            if maybeCommit() { broadcastAppend(now: now) }
+            _ = maybeCommit()
             stepDownIfRemoved(now: now)
             guard role == .leader else { return }
         } else {
