@@ -194,6 +194,14 @@ actor Replication {
         }
     }
 
+    /// Whether this node owns `partition` (as ``owns(partition:)``), having first waited, if it
+    /// does, until every entry answered at commit there is applied (``caughtUp(partition:)``).
+    func ownsCaughtUp(partition p: Int) async throws -> Bool {
+        guard owns(partition: p) else { return false }
+        try await caughtUp(partition: p)
+        return owns(partition: p)
+    }
+
     /// Waits until every entry of `partition` whose writer was answered at commit is applied
     /// here, so what the store says includes every checkpoint acknowledged so far.
     func caughtUp(partition p: Int) async throws {

@@ -34,6 +34,9 @@ actor WorkflowEngine {
     /// until the lease is back; a new epoch or another leader releases them.
     let suspended = Mutex<Set<Int>>([])
     private var runners: [String: InstanceRunner] = [:]
+    /// Ids a start is under way for, and the starts of the same id waiting for it: one start
+    /// of an id at a time, so a start's entry can never be refused.
+    private var starting: [String: [CheckedContinuation<Void, Never>]] = [:]
     private var timers: [String: Task<Void, Never>] = [:]
     /// Instances whose runner stopped while this node led their partition without holding
     /// its lease: picked up again once the lease is back.
@@ -223,10 +226,9 @@ actor WorkflowEngine {
     /// acknowledged there is applied, so what the store says about any instance is current.
     func requireOwnership(of id: String) async throws {
         let p = partition(of: id)
-        guard await replication.owns(partition: p), owned[p] != nil else {
+        guard try await replication.ownsCaughtUp(partition: p), owned[p] != nil else {
             throw WorkflowFailure(code: 503, what: "no_owner", description: "this node does not own partition \(p) right now; retry")
         }
-        try await replication.caughtUp(partition: p)
     }
 
     /// Queues timeline lines that change no state (a task attempt starting, an adoption). Those
@@ -295,6 +297,14 @@ actor WorkflowEngine {
     func start(workflow name: String, id: String, input: Payload, policy: ConflictPolicy) async throws -> (InstanceState, created: Bool) {
         guard let workflow = registry[name] else {
             throw WorkflowFailure(code: 404, what: "workflow_not_found", description: "no workflow \(name) (this node has \(registry.keys.sorted().joined(separator: ", ")))")
+        }
+        // One start of an id at a time: the next one sees what this one did.
+        while starting[id] != nil {
+            await withCheckedContinuation { starting[id]!.append($0) }
+        }
+        starting[id] = []
+        defer {
+            for waiting in starting.removeValue(forKey: id) ?? [] { waiting.resume() }
         }
         try await requireOwnership(of: id)
         let existing: InstanceState?
@@ -460,7 +470,13 @@ actor InstanceRunner {
         let change = InstanceChange(id: t.state.id, workflow: t.state.workflow, status: t.state.status.rawValue, wakeAt: t.state.wakeAt,
                                     baseVersion: 0, version: t.state.version, replace: replace, state: Self.encode(t.state),
                                     results: t.results.mapValues { Array($0.json) }, timeline: lines)
-        let applied = try await propose(.instance(change))
+        // The engine starts one id at a time, after reading what every checkpoint acknowledged
+        // so far wrote (and only while it owns the partition, whose earlier epochs are all
+        // applied): nothing can have started the instance meanwhile, so the start counts once
+        // committed.
+        let applied = try await propose(.instance(change), resolve: .committed(refused: { [weak self] in
+            Task { await self?.refusedAfterCommit() }
+        }))
         if applied.conflict {
             throw WorkflowFailure(code: 409, what: "instance_exists", description: "instance \(t.state.id) was started by someone else meanwhile")
         }

@@ -28,7 +28,6 @@ struct Checkpoint {
     var at: RaftSimulator.PartitionIndex
     var term: UInt64
     var state: InstanceState
-    var start: Bool
 }
 
 struct WorkflowChecker {
@@ -74,7 +73,7 @@ extension RaftSimulator {
         let data = entry.encode()
         guard let (index, term) = nodes[i].groups[p].propose(data, now: local(i)) else { return }
         recordEntry(p, RaftEntry(index: index, term: term, kind: .command, data: data))
-        nodes[i].checkpointing[entry.instance] = Checkpoint(at: PartitionIndex(partition: p, index: index), term: term, state: entry.state, start: entry.base == 0)
+        nodes[i].checkpointing[entry.instance] = Checkpoint(at: PartitionIndex(partition: p, index: index), term: term, state: entry.state)
         pump(i)
     }
 
@@ -85,7 +84,7 @@ extension RaftSimulator {
     }
 
     /// As the node's engine does: a checkpoint is settled once applied (or overwritten by
-    /// another leader), and a runner's checkpoint (not a start) already once this node,
+    /// another leader), and already once this node,
     /// leading in the term it was proposed in, has committed it. The runner then goes on from
     /// the state in memory until the node applies it, or stops leading in that term.
     mutating func settleCheckpoints(_ i: Int, _ p: Int) {
@@ -94,7 +93,7 @@ extension RaftSimulator {
         for (id, c) in nodes[i].checkpointing where c.at.partition == p {
             if applied >= c.at.index {
                 nodes[i].checkpointing[id] = nil
-            } else if !c.start, g.role == .leader, g.term == c.term, g.commit >= c.at.index {
+            } else if g.role == .leader, g.term == c.term, g.commit >= c.at.index {
                 nodes[i].checkpointing[id] = nil
                 nodes[i].answered[id] = c
                 wf.answeredAtCommit.insert(c.at)
@@ -112,7 +111,8 @@ extension RaftSimulator {
         for p in 0..<scenario.partitions {
             settleCheckpoints(i, p)
             guard owns(i, p) else { continue }
-            for id in nodes[i].disks[p].instances.keys.sorted() {
+            let answered = nodes[i].answered.filter { $0.value.at.partition == p }.keys
+            for id in Set(nodes[i].disks[p].instances.keys).union(answered).sorted() {
                 guard let state = current(i, p, id), !state.status.isTerminal, nodes[i].checkpointing[id] == nil else { continue }
                 if let wake = state.wakeAt, wake <= wallMs {
                     let t = WorkflowChecker.machine.apply(.timer, to: state, now: wallMs)
