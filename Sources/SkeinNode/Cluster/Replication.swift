@@ -57,7 +57,8 @@ struct PartitionStatus: Sendable {
 /// one SQLite transaction per round (the group commit: everything that arrived while the
 /// previous fsync ran goes into the next), then sends their messages — batched per peer, in
 /// order, as frames of one long-lived HTTP/2 stream per peer — and applies committed entries.
-/// Writers wait until their entry is applied with the term it was proposed in.
+/// Writers wait until their entry is applied with the term it was proposed in, or, when they
+/// ask (``Resolution/committed(refused:)``), only until this node has committed it.
 actor Replication {
     let me: RaftNodeID
     let store: PartitionStore
