@@ -221,6 +221,11 @@ actor Replication {
     private func answerCommitted() {
         for (p, indexes) in answerAtCommit where !indexes.isEmpty {
             let g = groups[p]
+            guard g.role == .leader else {
+                // No longer leading: the apply says whether each of them happened.
+                answerAtCommit[p] = nil
+                continue
+            }
             var answered = 0
             for index in indexes {
                 guard index <= g.commit else { break }
