@@ -218,35 +218,38 @@ extension InstanceState {
     }
 }
 
-/// A minimal JSON writer for ``InstanceState/checkpointJSON()``: objects, keys, strings
-/// (escaped as `JSONEncoder` escapes them), integers and booleans.
-struct CheckpointWriter {
-    var bytes: [UInt8] = []
+/// A minimal JSON writer for documents written on every step (``InstanceState/checkpointJSON()``,
+/// the node's timeline lines): objects, keys, strings (escaped as `JSONEncoder` escapes them),
+/// integers and booleans. Keys go out in the order written.
+public struct CheckpointWriter {
+    public internal(set) var bytes: [UInt8] = []
     private var first: [Bool] = []
 
-    init() { bytes.reserveCapacity(512) }
+    public init(capacity: Int = 512) { bytes.reserveCapacity(capacity) }
 
-    mutating func open() {
+    public mutating func open() {
         bytes.append(UInt8(ascii: "{"))
         first.append(true)
     }
 
-    mutating func close() {
+    public mutating func close() {
         bytes.append(UInt8(ascii: "}"))
         first.removeLast()
     }
 
-    mutating func key(_ name: String) {
+    public mutating func key(_ name: String) {
         if first[first.count - 1] { first[first.count - 1] = false } else { bytes.append(UInt8(ascii: ",")) }
         string(name)
         bytes.append(UInt8(ascii: ":"))
     }
 
-    mutating func bool(_ value: Bool) { bytes.append(contentsOf: (value ? "true" : "false").utf8) }
+    public mutating func bool(_ value: Bool) { bytes.append(contentsOf: (value ? "true" : "false").utf8) }
 
-    mutating func int(_ value: Int64) { bytes.append(contentsOf: String(value).utf8) }
+    public mutating func int(_ value: Int64) { bytes.append(contentsOf: String(value).utf8) }
 
-    mutating func string(_ value: String) {
+    public mutating func uint(_ value: UInt64) { bytes.append(contentsOf: String(value).utf8) }
+
+    public mutating func string(_ value: String) {
         bytes.append(UInt8(ascii: "\""))
         for byte in value.utf8 {
             switch byte {

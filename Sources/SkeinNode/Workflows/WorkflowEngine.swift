@@ -387,14 +387,58 @@ struct TimelineLine: Codable, Sendable {
                   durationMs: entry.durationMs, detail: entry.detail)
     }
 
+    /// `ms` since the epoch as ISO 8601 in UTC with milliseconds (`2026-11-23T06:42:19.123Z`).
+    /// Written by hand: Foundation's format style cost more than the rest of a line (a line is
+    /// written for every task attempt); a test checks it against that style.
     static func format(_ ms: Int64) -> String {
-        Date(timeIntervalSince1970: Double(ms) / 1000).formatted(.iso8601.year().month().day().timeZone(separator: .omitted).time(includingFractionalSeconds: true).timeSeparator(.colon).dateSeparator(.dash))
+        let days = ms >= 0 ? ms / 86_400_000 : (ms - 86_399_999) / 86_400_000
+        let inDay = ms - days * 86_400_000
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1_460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        var out: [UInt8] = []
+        out.reserveCapacity(24)
+        func digits(_ value: Int64, _ count: Int) {
+            var divisor: Int64 = 1
+            for _ in 1..<count { divisor *= 10 }
+            var v = value
+            while divisor > 0 {
+                out.append(UInt8(ascii: "0") + UInt8(v / divisor))
+                v %= divisor
+                divisor /= 10
+            }
+        }
+        digits(year, 4); out.append(UInt8(ascii: "-")); digits(month, 2); out.append(UInt8(ascii: "-")); digits(day, 2)
+        out.append(UInt8(ascii: "T"))
+        digits(inDay / 3_600_000, 2); out.append(UInt8(ascii: ":"))
+        digits(inDay / 60_000 % 60, 2); out.append(UInt8(ascii: ":"))
+        digits(inDay / 1_000 % 60, 2); out.append(UInt8(ascii: "."))
+        digits(inDay % 1_000, 3); out.append(UInt8(ascii: "Z"))
+        return String(decoding: out, as: UTF8.self)
     }
 
+    /// The line as JSON, keys sorted, absent values left out: what `JSONEncoder` with
+    /// `.sortedKeys` writes, without its cost (a test checks they agree).
     var bytes: [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return Array((try? encoder.encode(self)) ?? Data())
+        var out = CheckpointWriter(capacity: 160)
+        out.open()
+        out.key("at"); out.string(at)
+        if let attempt { out.key("attempt"); out.int(Int64(attempt)) }
+        if let detail { out.key("detail"); out.string(detail) }
+        if let durationMs { out.key("durationMs"); out.int(Int64(durationMs)) }
+        out.key("epoch"); out.uint(epoch)
+        out.key("kind"); out.string(kind)
+        out.key("node"); out.string(node)
+        if let task { out.key("task"); out.string(task) }
+        out.close()
+        return out.bytes
     }
 }
 
