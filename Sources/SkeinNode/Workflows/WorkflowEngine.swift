@@ -410,7 +410,7 @@ struct TimelineLine: Codable, Sendable {
             for _ in 1..<count { divisor *= 10 }
             var v = value
             while divisor > 0 {
-                out.append(UInt8(ascii: "0") + UInt8(v / divisor))
+                out.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: abs(v / divisor) % 10))
                 v %= divisor
                 divisor /= 10
             }
