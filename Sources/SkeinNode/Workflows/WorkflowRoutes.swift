@@ -301,8 +301,7 @@ struct WorkflowRoutes: Sendable {
             throw WorkflowFailure(code: 503, what: "starting", description: "the node is still starting; retry")
         }
         if forwarded, let p = only {
-            guard await replication.owns(partition: p) else { throw WorkflowFailure(code: 503, what: "no_owner", description: "partition \(p) moved; retry") }
-            try await replication.caughtUp(partition: p)
+            guard try await replication.ownsCaughtUp(partition: p) else { throw WorkflowFailure(code: 503, what: "no_owner", description: "partition \(p) moved; retry") }
             let rows = try await replication.store.instances(partition: p, status: status, limit: limit)
             let epoch = await replication.epoch(partition: p)
             return .json(raw: StatusView.array(try rows.map { try JSONDecoder().decode(InstanceState.self, from: Data($0.state)) }, owner: engine.node, epoch: epoch))
