@@ -119,6 +119,30 @@ struct RaftTests {
         for id in three { #expect(h.applied[id]?.contains { $0.data == [7] } == true) }
     }
 
+    @Test("proposals made between two takes share one append per follower, and all of them commit")
+    func proposalsShareAppends() throws {
+        var h = RaftHarness(three)
+        h.run(for: .seconds(2))
+        let leader = h.raft(h.leaders[0])
+        var indexes: [UInt64] = []
+        for i in 0..<5 { indexes.append(try #require(leader.propose([UInt8(i)], now: h.now)).index) }
+        #expect(leader.hasReady && leader.hasMessagesThatCanLeave)
+        let ready = leader.ready()
+        #expect(ready.entries.map(\.index) == indexes)
+        let appends = ready.messages.filter { if case .append = $0.body { true } else { false } }
+        // One append to each follower, carrying all five entries.
+        #expect(appends.count == 2)
+        #expect(Set(appends.map(\.to)) == Set(three.filter { $0 != leader.id }))
+        for m in appends {
+            guard case .append(_, _, let entries, _, _) = m.body else { continue }
+            #expect(entries.map(\.index) == indexes)
+        }
+        for m in ready.messages { h.raft(m.to).step(m, now: h.now) }
+        leader.advance(now: h.now)
+        h.run(for: .milliseconds(300))
+        for id in three { #expect(h.applied[id]?.suffix(5).map(\.data) == (0..<5).map { [UInt8($0)] }) }
+    }
+
     @Test("a leader's appends leave while its previous ready is being written; it commits only what it made durable")
     func appendsLeaveDuringWrite() throws {
         var h = RaftHarness(three)

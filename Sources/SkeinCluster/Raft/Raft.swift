@@ -39,6 +39,11 @@ public final class Raft {
     private var handedOutCommitted: UInt64
     private var pendingSnapshot: (meta: RaftSnapshotMeta, data: [UInt8])?
     private var messages: [RaftMessage] = []
+    /// Set by a proposal: the appends it calls for are made when the shell next takes
+    /// messages (``ready()``, ``takeMessagesThatCanLeave()``), so the proposals that arrive in
+    /// between share one append per follower instead of one each. It holds the latest
+    /// proposal's time, which is earlier than the send: a lease counted from it errs short.
+    private var appendsDueAt: Duration?
     private var readyInFlight: (lastEntry: UInt64?, committedTo: UInt64, snapshot: UInt64?)?
 
     // Timers.
@@ -210,7 +215,7 @@ public final class Raft {
         guard role == .leader, transferee == nil else { return nil }
         let entry = RaftEntry(index: log.lastIndex + 1, term: term, kind: .command, data: data)
         appendLocal(entry)
-        broadcastAppend(now: now)
+        appendsDueAt = now
         return (entry.index, entry.term)
     }
 
@@ -349,11 +354,18 @@ public final class Raft {
     public var hasReady: Bool {
         guard readyInFlight == nil else { return false }
         return hardState != persistedHardState || pendingSnapshot != nil || unstableFrom <= log.lastIndex
-            || !messages.isEmpty || min(commit, log.lastIndex) > handedOutCommitted
+            || !messages.isEmpty || appendsDueAt != nil || min(commit, log.lastIndex) > handedOutCommitted
     }
 
     /// Whether appends or heartbeats wait to be sent (see ``takeMessagesThatCanLeave()``).
-    public var hasMessagesThatCanLeave: Bool { messages.contains(where: \.canLeaveBeforeFsync) }
+    public var hasMessagesThatCanLeave: Bool { appendsDueAt != nil || messages.contains(where: \.canLeaveBeforeFsync) }
+
+    /// Makes the appends that proposals since the last take call for.
+    private func makeDueAppends() {
+        guard let at = appendsDueAt else { return }
+        appendsDueAt = nil
+        if role == .leader { broadcastAppend(now: at) }
+    }
 
     /// Takes the appends and heartbeats waiting to be sent, leaving the rest for the next
     /// ready. A leader may send its entries before its own write of them is durable (Raft
@@ -361,6 +373,7 @@ public final class Raft {
     /// once, even while an earlier ready is being written: the followers' fsyncs then overlap
     /// the leader's write instead of queueing behind it.
     public func takeMessagesThatCanLeave() -> [RaftMessage] {
+        makeDueAppends()
         guard hasMessagesThatCanLeave else { return [] }
         let leaving = messages.filter(\.canLeaveBeforeFsync)
         messages.removeAll(where: \.canLeaveBeforeFsync)
@@ -371,6 +384,7 @@ public final class Raft {
     /// no other ready is handed out in between.
     public func ready() -> RaftReady {
         precondition(readyInFlight == nil, "ready() before advance()")
+        makeDueAppends()
         var r = RaftReady()
         if hardState != persistedHardState { r.hardState = hardState }
         r.mustSync = hardState.term != persistedHardState.term || hardState.vote != persistedHardState.vote

@@ -78,6 +78,11 @@ struct ReplicatedKeyValueStore: KeyValueStore {
     private func attempt(_ op: KVOperation) async throws -> KVResult {
         guard let replication = cluster.replication else { throw Self.starting }
         let partition = op.partition(count: replication.partitionCount)
+        if let leader = replication.publishedLeader(partition: partition), leader != replication.me {
+            // Known to lead elsewhere: straight there, without a turn on the replication actor.
+            // (Should it have just moved, that node answers no_leader and this is tried again.)
+            return try await KeyValueForwarding.forward(op, to: leader, cluster: cluster, traceparent: traceparent)
+        }
         do {
             return try await Self.local(op, partition: partition, replication: replication, store: replication.store)
         } catch ReplicationError.notLeader(_, let leader?) where leader != replication.me {

@@ -73,6 +73,7 @@ actor Replication {
     private let clock = ContinuousClock()
     private let origin: ContinuousClock.Instant
     private var writing = false
+    private var pumpScheduled = false
     private var failed: String?
     private var waiters: [WaiterKey: Waiter] = [:]
     private var outbox: [RaftNodeID: [RaftMessage]] = [:]
@@ -157,6 +158,9 @@ actor Replication {
     /// Every partition's leader and epoch, as last published.
     nonisolated var status: [PartitionStatus] { published.withLock { $0 } }
 
+    /// The leader of `partition` as last published (at every pump), without an actor hop.
+    nonisolated func publishedLeader(partition: Int) -> RaftNodeID? { published.withLock { $0[partition].leader } }
+
     /// Steps a batch from a peer. What it asks to persist goes into the next group commit;
     /// the answers travel on this node's own stream to the peer.
     func receive(_ batch: RaftBatch) {
@@ -191,8 +195,22 @@ actor Replication {
                 answerAtCommit[partition, default: []].append(index)
             }
             waiters[WaiterKey(partition: partition, index: index)] = waiter
-            pump()
+            pumpSoon()
         }
+    }
+
+    /// A pump after the jobs already waiting for this actor: the proposals among them then
+    /// share one append per follower and one group commit (``Raft/propose(_:now:)`` leaves
+    /// its appends to the next take).
+    private func pumpSoon() {
+        guard !pumpScheduled else { return }
+        pumpScheduled = true
+        Task { self.scheduledPump() }
+    }
+
+    private func scheduledPump() {
+        pumpScheduled = false
+        pump()
     }
 
     /// Whether this node owns `partition` (as ``owns(partition:)``), having first waited, if it
