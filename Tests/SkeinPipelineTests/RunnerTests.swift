@@ -14,6 +14,32 @@ import Testing
         return op.kind
     }
 
+    @Test func stepsWithoutEffectsFinishWithoutSuspendingAndANeedSuspendsTheRun() async throws {
+        let runner = PipelineRunner(performer: ScriptedEffects { op, _ in .value(Data(Self.key(op).utf8)) })
+        let write = Step("write", view: ABCView.self) { ctx in
+            ctx.put(\.a, Data("x".utf8))
+            return .continue
+        }
+        var timeline = Timeline(traceID: "t", method: "GET", path: "/t", startedAtMs: 0)
+        guard case .finished(let done) = runner.start(Pipeline(steps: [write, reportABC]), request: RequestInfo(.get, "/t"), timeline: &timeline) else {
+            Issue.record("a pipeline without effects suspended")
+            return
+        }
+        #expect(body(done.response) == "a=x b=- c=-")
+        #expect(timeline.steps.map(\.name) == ["write", "report"] && timeline.outcome == "done")
+
+        let fetch = Step("fetch", view: ABCView.self) { ctx in .need(ctx.kvGet("1", into: \.b)) }
+        var later = Timeline(traceID: "u", method: "GET", path: "/t", startedAtMs: 0)
+        guard case .suspended(let suspended) = runner.start(Pipeline(steps: [write, fetch, reportABC]), request: RequestInfo(.get, "/t"), timeline: &later) else {
+            Issue.record("a pipeline with a need finished without running it")
+            return
+        }
+        #expect(later.steps.map(\.name) == ["write", "fetch"] && later.effects.isEmpty)
+        let resumed = await runner.resume(suspended, timeline: &later)
+        #expect(body(resumed.response) == "a=x b=1 c=-")
+        #expect(later.steps.map(\.name) == ["write", "fetch", "report"] && later.effects.count == 1 && later.needs.count == 1)
+    }
+
     @Test func parallelEffectsReallyRunConcurrently() async {
         // Each effect waits until both have started: run one at a time, the first would time out.
         let started = Log()

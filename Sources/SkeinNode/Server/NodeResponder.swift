@@ -67,8 +67,15 @@ struct NodeResponder: HTTPResponder {
         } else {
             switch router.match(method: request.method.rawValue, path: path) {
             case .found(let pipeline, let parameters, _):
-                (response, traceID) = await run(pipeline, request: request, path: path, query: query, parameters: parameters,
-                                                traceID: traceID, incoming: incoming, arrival: arrival)
+                let started = start(pipeline, request: request, path: path, query: query, parameters: parameters, traceID: traceID,
+                                    incoming: incoming, arrival: arrival, body: Self.hasNoBody(request) ? Data() : nil)
+                if case .done(let done, let id) = started {
+                    response = done
+                    traceID = id
+                } else {
+                    (response, traceID) = await complete(started, pipeline: pipeline, request: request, path: path, query: query,
+                                                         parameters: parameters, arrival: arrival)
+                }
             case .methodNotAllowed(let allow):
                 if request.method == .options {
                     response = SkeinPipeline.Response(status: .noContent)
@@ -83,7 +90,11 @@ struct NodeResponder: HTTPResponder {
                                                              message: "no route for \(request.method.rawValue) \(path)"))
             }
         }
-        response.headers[.skeinTraceID] = traceID
+        // A value new on every response: kept out of HTTP/2's header table (HPACK), which it
+        // would only fill, making every later header lookup there slower.
+        var traceField = HTTPField(name: .skeinTraceID, value: traceID)
+        traceField.indexingStrategy = .avoid
+        response.headers[fields: .skeinTraceID] = [traceField]
         requests.increment()
         if response.status.code >= 500 { failures.increment() }
         latency.recordNanoseconds((ContinuousClock.now - arrival).nanoseconds)
@@ -91,10 +102,76 @@ struct NodeResponder: HTTPResponder {
         return Hummingbird.Response(status: response.status, headers: response.headers, body: ResponseBody(byteBuffer: body))
     }
 
-    private func run(
+    /// A pipeline's steps, up to their first need, without suspending; a bodiless request
+    /// whose steps ask for no effect is answered with no task frame of its own.
+    private func start(
         _ pipeline: Pipeline, request: Request, path: String, query: String?, parameters: [String: String], traceID: String,
-        incoming: TraceParent?, arrival: ContinuousClock.Instant
+        incoming: TraceParent?, arrival: ContinuousClock.Instant, body: Data?
+    ) -> Started {
+        var begun = begin(pipeline, request: request, path: path, traceID: traceID, incoming: incoming)
+        guard let body else { return .needsBody(begun) }
+        return start(pipeline, request: request, path: path, query: query, parameters: parameters, arrival: arrival, body: body, begun: begun)
+    }
+
+    private func start(
+        _ pipeline: Pipeline, request: Request, path: String, query: String?, parameters: [String: String],
+        arrival: ContinuousClock.Instant, body: Data, begun: Begun
+    ) -> Started {
+        var begun = begun
+        let info = RequestInfo(
+            method: request.method, path: path, query: query, headers: request.headers,
+            body: body, parameters: parameters, traceID: begun.traceID, requestID: TraceParent.randomSpanID(),
+            receivedAtMs: Int64(begun.startedNs / 1_000_000))
+        switch runner.start(pipeline, request: info, arrival: arrival, timeline: &begun.timeline) {
+        case .finished(let result):
+            finish(pipeline, result: result, begun: &begun)
+            return .done(result.response, begun.traceID)
+        case .suspended(let suspended):
+            return .suspended(begun, suspended)
+        }
+    }
+
+    private enum Started {
+        case done(SkeinPipeline.Response, String)
+        case needsBody(Begun)
+        case suspended(Begun, PipelineRunner.Suspended)
+    }
+
+    /// The rest of a pipeline request that has to wait: for its body, or for effects.
+    private func complete(
+        _ started: Started, pipeline: Pipeline, request: Request, path: String, query: String?, parameters: [String: String],
+        arrival: ContinuousClock.Instant
     ) async -> (SkeinPipeline.Response, traceID: String) {
+        var state = started
+        while true {
+            switch state {
+            case .done(let response, let traceID):
+                return (response, traceID)
+            case .needsBody(var begun):
+                let body: Data
+                do {
+                    body = try await collectBody(request)
+                } catch {
+                    return (refuseBody(error, begun: &begun), begun.traceID)
+                }
+                state = start(pipeline, request: request, path: path, query: query, parameters: parameters, arrival: arrival, body: body, begun: begun)
+            case .suspended(var begun, let suspended):
+                let result = await runner.resume(suspended, timeline: &begun.timeline)
+                finish(pipeline, result: result, begun: &begun)
+                return (result.response, begun.traceID)
+            }
+        }
+    }
+
+    /// A pipeline request under way: its timeline, its server span, the trace it belongs to.
+    private struct Begun {
+        var timeline: Timeline
+        var span: (any Span)?
+        var traceID: String
+        let startedNs: UInt64
+    }
+
+    private func begin(_ pipeline: Pipeline, request: Request, path: String, traceID: String, incoming: TraceParent?) -> Begun {
         let startedNs = UInt64(Date().timeIntervalSince1970 * 1e9)
         var traceID = traceID
         var span: (any Span)?
@@ -113,48 +190,51 @@ struct NodeResponder: HTTPResponder {
             if let chosen = written["traceparent"].flatMap(TraceParent.init(header:)) { traceID = chosen.traceID }
             span = server
         }
-        var timeline = Timeline(traceID: traceID, method: request.method.rawValue, path: path,
+        let timeline = Timeline(traceID: traceID, method: request.method.rawValue, path: path,
                                 startedAtMs: Int64(startedNs / 1_000_000))
-        let body: Data
-        do {
-            body = try await collectBody(request)
-        } catch let error as SkeinError {
-            let response = runner.renderer.render(error)
-            timeline.status = response.status.code
-            timeline.outcome = "fail"
-            timeline.error = error
-            traces.record(timeline)
-            span?.setStatus(SpanStatus(code: .error, message: error.message))
-            span?.end()
-            return (response, traceID)
-        } catch {
-            span?.setStatus(SpanStatus(code: .error, message: "\(error)"))
-            span?.end()
-            return (runner.renderer.render(SkeinError(code: 400, what: "bad_request", message: "could not read the body: \(error)")), traceID)
-        }
-        let info = RequestInfo(
-            method: request.method, path: path, query: query, headers: request.headers,
-            body: body, parameters: parameters, traceID: traceID, requestID: TraceParent.randomSpanID(),
-            receivedAtMs: Int64(startedNs / 1_000_000))
+        return Begun(timeline: timeline, span: span, traceID: traceID, startedNs: startedNs)
+    }
 
-        let result: RunResult
-        if let span {
-            result = await runner.run(pipeline, request: info, arrival: arrival, timeline: &timeline)
-            TimelineSpans.emit(timeline, under: span, tracer: tracer, startNs: startedNs)
-            if result.response.status.code >= 500 { span.setStatus(SpanStatus(code: .error, message: result.error?.message)) }
-            span.end(at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: startedNs + UInt64(max(0, timeline.durationNs))))
-        } else {
-            result = await runner.run(pipeline, request: info, arrival: arrival, timeline: &timeline)
+    /// The answer to a body that could not be read (too large, or the client went away).
+    private func refuseBody(_ error: any Error, begun: inout Begun) -> SkeinPipeline.Response {
+        guard let error = error as? SkeinError else {
+            begun.span?.setStatus(SpanStatus(code: .error, message: "\(error)"))
+            begun.span?.end()
+            return runner.renderer.render(SkeinError(code: 400, what: "bad_request", message: "could not read the body: \(error)"))
         }
-        traces.record(timeline)
+        let response = runner.renderer.render(error)
+        begun.timeline.status = response.status.code
+        begun.timeline.outcome = "fail"
+        begun.timeline.error = error
+        traces.record(begun.timeline)
+        begun.span?.setStatus(SpanStatus(code: .error, message: error.message))
+        begun.span?.end()
+        return response
+    }
+
+    /// Ends the spans, keeps the timeline, and logs the request if it was slow or failed.
+    private func finish(_ pipeline: Pipeline, result: RunResult, begun: inout Begun) {
+        let timeline = begun.timeline
+        if let span = begun.span {
+            TimelineSpans.emit(timeline, under: span, tracer: tracer, startNs: begun.startedNs)
+            if result.response.status.code >= 500 { span.setStatus(SpanStatus(code: .error, message: result.error?.message)) }
+            span.end(at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: begun.startedNs + UInt64(max(0, timeline.durationNs))))
+        }
         if Double(timeline.durationNs) / 1e6 >= settings.slowRequestMs {
             logger.notice("slow request\n\(timeline.renderText(slowEffectThresholdMs: settings.slowRequestMs / 2))",
-                          metadata: ["trace": "\(traceID)"])
+                          metadata: ["trace": "\(begun.traceID)"])
         }
         if let error = result.error, error.code >= 500 {
-            logger.error("request failed", metadata: ["trace": "\(traceID)", "route": "\(pipeline.route)", "error": "\(error)"])
+            logger.error("request failed", metadata: ["trace": "\(begun.traceID)", "route": "\(pipeline.route)", "error": "\(error)"])
         }
-        return (result.response, traceID)
+        traces.record(timeline)
+    }
+
+    /// A GET or HEAD announcing no body has none to wait for.
+    private static func hasNoBody(_ request: Request) -> Bool {
+        guard request.method == .get || request.method == .head else { return false }
+        let length = request.headers[.contentLength]
+        return length == nil || length == "0"
     }
 
     /// The body, at most `maxBodySize` bytes: a larger one is a 413.

@@ -39,67 +39,133 @@ public struct PipelineRunner: Sendable {
         self.renderer = renderer
     }
 
+    /// A run that stopped at its first need: what ``resume(_:timeline:)`` goes on from.
+    public struct Suspended: Sendable {
+        let state: StepState
+        var machine: PipelineMachine
+        var sequence: Int
+        let origin: ContinuousClock.Instant
+        let need: Need
+        let step: Step
+        let layer: StepLayer
+    }
+
+    /// How ``start(_:request:slots:arrival:timeline:)`` left a run: finished (no step asked
+    /// for an effect), or waiting for its first need's effects.
+    public enum Start: Sendable {
+        case finished(RunResult)
+        case suspended(Suspended)
+    }
+
     /// Runs a pipeline. `arrival` is when the request arrived (for the queue wait); the
     /// timeline's times are measured from it.
     public func run(
         _ pipeline: Pipeline, request: RequestInfo, slots: SlotValues = SlotValues(),
         arrival: ContinuousClock.Instant? = nil, timeline: inout Timeline
     ) async -> RunResult {
+        switch start(pipeline, request: request, slots: slots, arrival: arrival, timeline: &timeline) {
+        case .finished(let result): return result
+        case .suspended(let suspended): return await resume(suspended, timeline: &timeline)
+        }
+    }
+
+    /// Runs a pipeline's steps up to its first need, without suspending: a request whose steps
+    /// ask for no effect is served here whole, with no task frames of its own (the hot path).
+    public func start(
+        _ pipeline: Pipeline, request: RequestInfo, slots: SlotValues = SlotValues(),
+        arrival: ContinuousClock.Instant? = nil, timeline: inout Timeline
+    ) -> Start {
         let clock = ContinuousClock()
-        let origin = arrival ?? clock.now
+        let now = clock.now
+        let origin = arrival ?? now
         let state = StepState(request: request, slots: slots, stepName: "")
         var machine = PipelineMachine(chain: pipeline.chain)
         var sequence = 0
-        var needSequence = 0
         timeline.route = pipeline.route
         timeline.steps.reserveCapacity(pipeline.chain.count)
-        timeline.queueWaitNs = (clock.now - origin).nanoseconds
-        var next = machine.begin()
+        timeline.queueWaitNs = (now - origin).nanoseconds
+        let next = runSteps(machine.begin(), machine: &machine, state: state, sequence: &sequence, origin: origin,
+                            clock: clock, timeline: &timeline)
+        return settle(next, machine: machine, state: state, sequence: sequence, origin: origin, clock: clock, timeline: &timeline)
+    }
 
+    /// Goes on from a run's need: runs its effects, then the steps after them, need by need.
+    public func resume(_ suspended: Suspended, timeline: inout Timeline) async -> RunResult {
+        let clock = ContinuousClock()
+        var current = suspended
+        var needSequence = 0
         while true {
-            switch next {
-            case .run(let step, let layer):
-                sequence += 1
-                state.stepName = step.name
-                let start = clock.now
-                var outcome: String
-                do {
-                    let decision = try step.body(state)
-                    outcome = decision.outcomeName
-                    next = machine.stepDecided(decision, by: step, layer: layer)
-                } catch let error as SkeinError {
-                    outcome = "threw"
-                    next = .fail(error)
-                } catch {
-                    outcome = "threw"
-                    next = .fail(SkeinError(code: 500, what: "step_failed", key: step.name,
-                                            message: "step '\(step.name)' threw: \(error)"))
-                }
-                let end = clock.now
-                timeline.steps.append(StepRecord(
-                    name: step.name, layer: layer, sequence: sequence, outcome: outcome,
-                    startNs: (start - origin).nanoseconds, durationNs: (end - start).nanoseconds))
-
-            case .effects(let need, let step, let layer):
-                needSequence += 1
-                let failure = await runNeed(need, step: step.name, sequence: needSequence, state: state,
-                                            origin: origin, clock: clock, timeline: &timeline)
-                next = machine.needResolved(need, layer: layer, failure: failure)
-
-            case .respond(let response):
-                timeline.status = response.status.code
-                timeline.outcome = "done"
-                timeline.durationNs = (clock.now - origin).nanoseconds
-                return RunResult(response: response, slots: state.slots, error: nil)
-
-            case .fail(let error):
-                let response = renderer.render(error)
-                timeline.status = response.status.code
-                timeline.outcome = "fail"
-                timeline.error = error
-                timeline.durationNs = (clock.now - origin).nanoseconds
-                return RunResult(response: response, slots: state.slots, error: error)
+            needSequence += 1
+            let failure = await runNeed(current.need, step: current.step.name, sequence: needSequence, state: current.state,
+                                        origin: current.origin, clock: clock, timeline: &timeline)
+            var machine = current.machine
+            var sequence = current.sequence
+            let next = runSteps(machine.needResolved(current.need, layer: current.layer, failure: failure), machine: &machine,
+                                state: current.state, sequence: &sequence, origin: current.origin, clock: clock, timeline: &timeline)
+            switch settle(next, machine: machine, state: current.state, sequence: sequence, origin: current.origin,
+                          clock: clock, timeline: &timeline) {
+            case .finished(let result): return result
+            case .suspended(let again): current = again
             }
+        }
+    }
+
+    /// Runs steps while the machine says to, and gives what comes after them.
+    private func runSteps(
+        _ first: PipelineMachine.Next, machine: inout PipelineMachine, state: StepState, sequence: inout Int,
+        origin: ContinuousClock.Instant, clock: ContinuousClock, timeline: inout Timeline
+    ) -> PipelineMachine.Next {
+        var next = first
+        // One reading of the clock ends a step and starts the next.
+        var start = clock.now
+        while case .run(let step, let layer) = next {
+            sequence += 1
+            state.stepName = step.name
+            var outcome: String
+            do {
+                let decision = try step.body(state)
+                outcome = decision.outcomeName
+                next = machine.stepDecided(decision, by: step, layer: layer)
+            } catch let error as SkeinError {
+                outcome = "threw"
+                next = .fail(error)
+            } catch {
+                outcome = "threw"
+                next = .fail(SkeinError(code: 500, what: "step_failed", key: step.name,
+                                        message: "step '\(step.name)' threw: \(error)"))
+            }
+            let end = clock.now
+            timeline.steps.append(StepRecord(
+                name: step.name, layer: layer, sequence: sequence, outcome: outcome,
+                startNs: (start - origin).nanoseconds, durationNs: (end - start).nanoseconds))
+            start = end
+        }
+        return next
+    }
+
+    /// A run's end (its response or its failure), or where it waits for effects.
+    private func settle(
+        _ next: PipelineMachine.Next, machine: PipelineMachine, state: StepState, sequence: Int,
+        origin: ContinuousClock.Instant, clock: ContinuousClock, timeline: inout Timeline
+    ) -> Start {
+        switch next {
+        case .effects(let need, let step, let layer):
+            return .suspended(Suspended(state: state, machine: machine, sequence: sequence, origin: origin,
+                                        need: need, step: step, layer: layer))
+        case .respond(let response):
+            timeline.status = response.status.code
+            timeline.outcome = "done"
+            timeline.durationNs = (clock.now - origin).nanoseconds
+            return .finished(RunResult(response: response, slots: state.slots, error: nil))
+        case .fail(let error):
+            let response = renderer.render(error)
+            timeline.status = response.status.code
+            timeline.outcome = "fail"
+            timeline.error = error
+            timeline.durationNs = (clock.now - origin).nanoseconds
+            return .finished(RunResult(response: response, slots: state.slots, error: error))
+        case .run:
+            preconditionFailure("runSteps returns only once no step is left to run")
         }
     }
 

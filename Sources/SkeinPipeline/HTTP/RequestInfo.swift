@@ -50,24 +50,21 @@ public struct RequestInfo: Sendable {
     /// The first value of a query parameter, percent-decoded (`+` is a space).
     public func queryParameter(_ name: String) -> String? {
         guard let query else { return nil }
-        // Walk the query in place: this runs on hot paths, so no splitting into arrays and no
-        // Foundation decoding unless the value needs it.
-        var rest = query[...]
-        while !rest.isEmpty {
-            let pair: Substring
-            if let amp = rest.firstIndex(of: "&") {
-                pair = rest[..<amp]
-                rest = rest[rest.index(after: amp)...]
-            } else {
-                pair = rest
-                rest = rest[rest.endIndex...]
-            }
-            let eq = pair.firstIndex(of: "=")
-            guard (eq.map { pair[..<$0] } ?? pair) == name else { continue }
+        // Walk the query's bytes in place: this runs on hot paths, so no splitting into
+        // arrays, no walking by Character and no Foundation decoding unless the value needs it.
+        let bytes = query.utf8
+        var at = bytes.startIndex
+        while at < bytes.endIndex {
+            let end = bytes[at...].firstIndex(of: UInt8(ascii: "&")) ?? bytes.endIndex
+            let pair = bytes[at..<end]
+            at = end < bytes.endIndex ? bytes.index(after: end) : end
+            let eq = pair.firstIndex(of: UInt8(ascii: "="))
+            guard pair[..<(eq ?? pair.endIndex)].elementsEqual(name.utf8) else { continue }
             guard let eq else { return "" }
-            let raw = pair[pair.index(after: eq)...]
-            guard raw.contains(where: { $0 == "+" || $0 == "%" }) else { return String(raw) }
-            let spaced = String(raw).replacingOccurrences(of: "+", with: " ")
+            let raw = pair[bytes.index(after: eq)...]
+            let value = String(Substring(raw))
+            guard raw.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "%") }) else { return value }
+            let spaced = value.replacingOccurrences(of: "+", with: " ")
             return spaced.removingPercentEncoding ?? spaced
         }
         return nil
