@@ -118,6 +118,10 @@ public struct Membership: Sendable {
         name == me.name ? me : others[name]?.member
     }
 
+    /// No seed to join and no other member known: no timer of this machine can fire until an
+    /// envelope arrives, so a shell may tick it rarely.
+    public var isAlone: Bool { seeds.isEmpty && others.isEmpty }
+
     /// Lifeguard's local health multiplier (0 is healthy).
     public var localHealthMultiplier: Int { localHealth }
 

@@ -197,6 +197,21 @@ public final class Raft {
         }
     }
 
+    /// The earliest time at which ``tick(now:)`` has something to do (nil: nothing until an
+    /// input arrives), so a shell may sleep until then instead of ticking on a fixed beat.
+    public var nextTimer: Duration? {
+        switch role {
+        case .leader:
+            var next = min(heartbeatDue, quorumCheckDue)
+            if transferee != nil { next = min(next, transferDeadline) }
+            return next
+        case .follower, .preCandidate, .candidate:
+            guard configuration.isVoter(id) else { return nil }
+            if leaderReportedDown { return min(electionDeadline, max(promiseUntil, fastElectionAt)) }
+            return electionDeadline
+        }
+    }
+
     /// Membership says `peer` is dead. If it is this follower's leader, campaign as soon as
     /// the vote promise made to it runs out instead of waiting for the election timeout.
     public func peerIsDown(_ peer: RaftNodeID, now: Duration) {

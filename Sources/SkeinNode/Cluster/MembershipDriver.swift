@@ -18,6 +18,8 @@ actor MembershipDriver {
     private let snapshot: Mutex<[Member]>
     private let transitions = Counter(label: "skein_membership_transitions_total")
     static let tickInterval: Duration = .milliseconds(10)
+    /// Below the machine's stall threshold (250 ms), so a node alone never thinks it stalled.
+    static let aloneTickInterval: Duration = .milliseconds(100)
     /// Told the peer address of every member that becomes dead or leaves.
     private var onDown: (@Sendable (String) -> Void)?
 
@@ -39,7 +41,9 @@ actor MembershipDriver {
     func run() async {
         while !Task.isCancelled {
             dispatch(machine.tick(now: now), replyTo: nil)
-            try? await Task.sleep(for: Self.tickInterval)
+            // A node alone has nothing to probe: a node that joins through it is answered as
+            // its envelopes arrive, and the ticks speed up once it is known.
+            try? await Task.sleep(for: machine.isAlone ? Self.aloneTickInterval : Self.tickInterval)
         }
     }
 

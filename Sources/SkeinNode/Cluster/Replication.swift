@@ -136,17 +136,27 @@ actor Replication {
 
     private var now: Duration { clock.now - origin }
 
-    /// Ticks until cancelled.
+    /// Ticks until cancelled: each time a group's timer falls due (``Raft/nextTimer``), and
+    /// at least every ``longestSleep`` (waiters' deadlines, the leadership balance, the check
+    /// that the database file is still there), instead of on a fixed beat: an idle node wakes
+    /// a few times a second, not a hundred.
     func run() async {
-        var ticks = 0
+        var balanced = clock.now
+        var checked = clock.now
         while !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(10))
+            await sleep(until: nextWake())
             let t = now
             for g in groups { g.tick(now: t) }
             expireWaiters()
-            ticks += 1
-            if ticks % 100 == 0 { checkDatabaseFile() }
-            if ticks % 50 == 0 { balanceLeadership() }
+            let wall = clock.now
+            if wall - checked >= .seconds(1) {
+                checked = wall
+                checkDatabaseFile()
+            }
+            if wall - balanced >= .milliseconds(500) {
+                balanced = wall
+                balanceLeadership()
+            }
             pump()
         }
         for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.timedOut(partition: 0)) }
@@ -154,6 +164,32 @@ actor Replication {
         for (p, waiting) in catchUps { for c in waiting { c.continuation.resume(throwing: ReplicationError.timedOut(partition: p)) } }
         catchUps = [:]
     }
+
+    /// The longest the ticker sleeps, whatever the groups' timers say.
+    static let longestSleep: Duration = .milliseconds(100)
+    /// The ticker's sleep under way: cancelled to wake it early (``wakeTicker()``).
+    private var sleeper: Task<Void, Never>?
+
+    /// When the ticker should wake: the earliest group timer, at most ``longestSleep`` away.
+    private func nextWake() -> ContinuousClock.Instant {
+        let t = now
+        var next = t + Self.longestSleep
+        for g in groups {
+            if let due = g.nextTimer, due < next { next = due }
+        }
+        return origin + max(next, t)
+    }
+
+    private func sleep(until deadline: ContinuousClock.Instant) async {
+        let task = Task.detached { _ = try? await Task.sleep(until: deadline, clock: .continuous) }
+        sleeper = task
+        await withTaskCancellationHandler { await task.value } onCancel: { task.cancel() }
+        sleeper = nil
+    }
+
+    /// An input moved a timer earlier than the ticker's wake (a new leader's heartbeat, an
+    /// election as soon as a dead leader's promise ends): wake it now to sleep again anew.
+    private func wakeTicker() { sleeper?.cancel() }
 
     /// Every partition's leader and epoch, as last published.
     nonisolated var status: [PartitionStatus] { published.withLock { $0 } }
@@ -175,6 +211,7 @@ actor Replication {
     func peerIsDown(_ peer: RaftNodeID) {
         let t = now
         for g in groups { g.peerIsDown(peer, now: t) }
+        wakeTicker()
         pump()
     }
 
@@ -555,6 +592,8 @@ actor Replication {
             lastConfigurations[i] = g.configuration
         }
         for (i, g) in groups.enumerated() where g.role != lastRoles[i] {
+            // A new role has new timers (a leader's first heartbeat is due within an interval).
+            wakeTicker()
             if g.role == .leader || lastRoles[i] == .leader {
                 logger.info(g.role == .leader ? "leads partition" : "no longer leads partition",
                             metadata: ["partition": "\(i)", "epoch": "\(g.term)"])
