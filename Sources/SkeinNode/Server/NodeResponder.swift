@@ -27,41 +27,53 @@ struct NodeResponder: HTTPResponder {
     let failures: Counter
     let latency: Metrics.Timer
 
+    /// Answers without suspending whatever it can (the node's own routes, routing errors, a
+    /// pipeline whose steps ask for no effect), so this function's task frame, allocated for
+    /// every request, stays small; only what waits (a body, effects, replication) goes on in
+    /// ``answer(_:_:)``.
     func respond(to request: Request, context: Context) async throws -> Hummingbird.Response {
+        switch answerWithoutWaiting(request) {
+        case .answered(let response): return response
+        case .waits(let waiting): return await answer(request, waiting)
+        }
+    }
+
+    private enum Immediate {
+        case answered(Hummingbird.Response)
+        case waits(Waiting)
+    }
+
+    /// What a request that has to wait carries over.
+    private struct Waiting {
+        enum Kind {
+            case keyValue, workflows, voters
+            case pipeline(Started, Pipeline, parameters: [String: String])
+        }
+        let kind: Kind
+        let arrival: ContinuousClock.Instant
+        let traceID: String
+        let path: String
+        let query: String?
+    }
+
+    private func answerWithoutWaiting(_ request: Request) -> Immediate {
         let arrival = ContinuousClock.now
         let incoming = request.headers[.traceparent].flatMap(TraceParent.init(header:))
-        var traceID = incoming?.traceID ?? TraceParent.randomTraceID()
+        let traceID = incoming?.traceID ?? TraceParent.randomTraceID()
         let path = request.uri.path
         let query = request.uri.query
+        func waits(_ kind: Waiting.Kind) -> Immediate {
+            .waits(Waiting(kind: kind, arrival: arrival, traceID: traceID, path: path, query: query))
+        }
         var response: SkeinPipeline.Response
-
         if path.hasPrefix(KeyValueRoutes.prefix) {
-            response = await keyValue.answer(
-                method: request.method, rawKey: path.dropFirst(KeyValueRoutes.prefix.count),
-                body: { try await collectBody(request) }, traceparent: request.headers[.traceparent])
+            return waits(.keyValue)
         } else if WorkflowRoutes.handles(path) {
-            do {
-                let body = try await collectBody(request)
-                response = await WorkflowRoutes(cluster: system.cluster, renderer: runner.renderer)
-                    .answer(.init(method: request.method.rawValue, path: path, query: query, body: body))
-            } catch let error as SkeinError {
-                response = runner.renderer.render(error)
-            } catch {
-                response = runner.renderer.render(SkeinError(code: 400, what: "invalid_body", key: path, message: "\(error)"))
-            }
+            return waits(.workflows)
         } else if path == VoterChanges.clientPath {
-            if request.method == .post {
-                do {
-                    response = await VoterChanges.answer(body: try await collectBody(request), query: query, cluster: system.cluster, renderer: runner.renderer)
-                } catch let error as SkeinError {
-                    response = runner.renderer.render(error)
-                } catch {
-                    response = runner.renderer.render(SkeinError(code: 400, what: "invalid_body", key: path, message: "\(error)"))
-                }
-            } else {
-                response = runner.renderer.render(SkeinError(code: 405, what: "method_not_allowed", key: path, message: "\(path) answers POST"))
-                response.headers[.allow] = "POST"
-            }
+            guard request.method != .post else { return waits(.voters) }
+            response = runner.renderer.render(SkeinError(code: 405, what: "method_not_allowed", key: path, message: "\(path) answers POST"))
+            response.headers[.allow] = "POST"
         } else if let answer = system.answer(method: request.method, path: path, query: query) {
             response = answer
         } else {
@@ -69,13 +81,8 @@ struct NodeResponder: HTTPResponder {
             case .found(let pipeline, let parameters, _):
                 let started = start(pipeline, request: request, path: path, query: query, parameters: parameters, traceID: traceID,
                                     incoming: incoming, arrival: arrival, body: Self.hasNoBody(request) ? Data() : nil)
-                if case .done(let done, let id) = started {
-                    response = done
-                    traceID = id
-                } else {
-                    (response, traceID) = await complete(started, pipeline: pipeline, request: request, path: path, query: query,
-                                                         parameters: parameters, arrival: arrival)
-                }
+                guard case .done(let done, let id) = started else { return waits(.pipeline(started, pipeline, parameters: parameters)) }
+                return .answered(finish(done, traceID: id, request: request, arrival: arrival))
             case .methodNotAllowed(let allow):
                 if request.method == .options {
                     response = SkeinPipeline.Response(status: .noContent)
@@ -90,6 +97,47 @@ struct NodeResponder: HTTPResponder {
                                                              message: "no route for \(request.method.rawValue) \(path)"))
             }
         }
+        return .answered(finish(response, traceID: traceID, request: request, arrival: arrival))
+    }
+
+    /// The requests that wait: for their body, their effects, or replication.
+    private func answer(_ request: Request, _ waiting: Waiting) async -> Hummingbird.Response {
+        let path = waiting.path
+        var traceID = waiting.traceID
+        let response: SkeinPipeline.Response
+        switch waiting.kind {
+        case .keyValue:
+            response = await keyValue.answer(
+                method: request.method, rawKey: path.dropFirst(KeyValueRoutes.prefix.count),
+                body: { try await collectBody(request) }, traceparent: request.headers[.traceparent])
+        case .workflows:
+            do {
+                let body = try await collectBody(request)
+                response = await WorkflowRoutes(cluster: system.cluster, renderer: runner.renderer)
+                    .answer(.init(method: request.method.rawValue, path: path, query: waiting.query, body: body))
+            } catch let error as SkeinError {
+                response = runner.renderer.render(error)
+            } catch {
+                response = runner.renderer.render(SkeinError(code: 400, what: "invalid_body", key: path, message: "\(error)"))
+            }
+        case .voters:
+            do {
+                response = await VoterChanges.answer(body: try await collectBody(request), query: waiting.query, cluster: system.cluster, renderer: runner.renderer)
+            } catch let error as SkeinError {
+                response = runner.renderer.render(error)
+            } catch {
+                response = runner.renderer.render(SkeinError(code: 400, what: "invalid_body", key: path, message: "\(error)"))
+            }
+        case .pipeline(let started, let pipeline, let parameters):
+            (response, traceID) = await complete(started, pipeline: pipeline, request: request, path: path, query: waiting.query,
+                                                 parameters: parameters, arrival: waiting.arrival)
+        }
+        return finish(response, traceID: traceID, request: request, arrival: waiting.arrival)
+    }
+
+    /// Every answer: its `skein-trace-id`, the request metrics, Hummingbird's response.
+    private func finish(_ response: SkeinPipeline.Response, traceID: String, request: Request, arrival: ContinuousClock.Instant) -> Hummingbird.Response {
+        var response = response
         // A value new on every response: kept out of HTTP/2's header table (HPACK), which it
         // would only fill, making every later header lookup there slower.
         var traceField = HTTPField(name: .skeinTraceID, value: traceID)
