@@ -1,5 +1,6 @@
 public import Foundation
 import GRDB
+import Synchronization
 public import SkeinCluster
 
 /// A change to one workflow instance, as the partition log carries it: the instance's new
@@ -173,6 +174,9 @@ public struct PartitionWrite: Sendable {
 public final class PartitionStore: Sendable {
     public let database: NodeDatabase
     public let partitions: Int
+    /// Partitions whose `raft_state` row is known to exist (written by a transaction that
+    /// committed), so the group commit need not ask for it again on every write.
+    private let stateRows = Mutex<Set<Int>>([])
 
     /// Opens the tables and checks the partition count against the one stored at creation.
     public init(database: NodeDatabase, partitions: Int) throws(StoreError) {
@@ -198,7 +202,7 @@ public final class PartitionStore: Sendable {
     /// What a partition's Raft group restarts from. A partition never written starts empty
     /// with `configuration`.
     public func load(partition: Int, configuration: RaftConfiguration) throws -> RaftStoredState {
-        try database.pool.write { db in
+        let state: RaftStoredState = try database.pool.write { db in
             // The configuration a partition starts from is written down at its first start, so
             // every later start (with whatever --seeds) agrees with what the others hold at index 0.
             try Self.ensureState(db, partition)
@@ -218,13 +222,16 @@ public final class PartitionStore: Sendable {
             }
             return RaftStoredState(hardState: hard, snapshot: snapshot, entries: entries, applied: UInt64(row["applied_index"] as Int64))
         }
+        stateRows.withLock { _ = $0.insert(partition) }
+        return state
     }
 
     /// Persists and applies one group commit. Returns the snapshot bytes asked for (taken
     /// before that partition's entries were applied) and what each applied entry did.
     public func commit(_ writes: [PartitionWrite]) async throws -> (snapshots: [Int: [UInt8]], applied: [AppliedEntry]) {
         let sync = writes.contains(where: \.mustSync)
-        return try await database.pool.writeWithoutTransaction { db in
+        let known = stateRows.withLock { $0 }
+        let result: (snapshots: [Int: [UInt8]], applied: [AppliedEntry]) = try await database.pool.writeWithoutTransaction { db in
             // A write that only applies entries and moves commit indexes skips the fsync: losing
             // it to a power cut only means re-applying from the (durable) log. The WAL keeps
             // transactions in order, so a later fsynced one makes this one durable too.
@@ -233,8 +240,10 @@ public final class PartitionStore: Sendable {
             var snapshots: [Int: [UInt8]] = [:]
             var applied: [AppliedEntry] = []
             try db.inTransaction {
-                for w in writes {
+                for w in writes where !known.contains(w.partition) {
                     try Self.ensureState(db, w.partition)
+                }
+                for w in writes {
                     if let h = w.hardState {
                         try db.cachedStatement(sql: "UPDATE raft_state SET term = ?, vote = ?, commit_index = ? WHERE partition = ?")
                             .run(.int(Int64(h.term)), h.vote.map { .text($0) } ?? .null, .int(Int64(h.commit)), .int(Int64(w.partition)))
@@ -260,6 +269,10 @@ public final class PartitionStore: Sendable {
             }
             return (snapshots, applied)
         }
+        if writes.contains(where: { !known.contains($0.partition) }) {
+            stateRows.withLock { for w in writes { $0.insert(w.partition) } }
+        }
+        return result
     }
 
     /// Forgets log entries up to `meta.index`: the materialized table stands in for them.

@@ -582,24 +582,34 @@ actor Replication {
         }
     }
 
+    /// Publishes every partition's leader, epoch and configuration when any changed (it runs
+    /// at every pump, so the common case — nothing changed — is one pass of comparisons).
     private func publish() {
-        var changed = groups.enumerated().contains { i, g in
-            g.leader != lastLeaders[i] || g.term != lastTerms[i] || g.configuration != lastConfigurations[i]
-        }
+        var changed = false
         for (i, g) in groups.enumerated() {
-            lastLeaders[i] = g.leader
-            lastTerms[i] = g.term
-            lastConfigurations[i] = g.configuration
-        }
-        for (i, g) in groups.enumerated() where g.role != lastRoles[i] {
-            // A new role has new timers (a leader's first heartbeat is due within an interval).
-            wakeTicker()
-            if g.role == .leader || lastRoles[i] == .leader {
-                logger.info(g.role == .leader ? "leads partition" : "no longer leads partition",
-                            metadata: ["partition": "\(i)", "epoch": "\(g.term)"])
+            let role = g.role
+            if role != lastRoles[i] {
+                // A new role has new timers (a leader's first heartbeat is due within an interval).
+                wakeTicker()
+                if role == .leader || lastRoles[i] == .leader {
+                    logger.info(role == .leader ? "leads partition" : "no longer leads partition",
+                                metadata: ["partition": "\(i)", "epoch": "\(g.term)"])
+                }
+                lastRoles[i] = role
+                changed = true
             }
-            lastRoles[i] = g.role
-            changed = true
+            if g.term != lastTerms[i] {
+                lastTerms[i] = g.term
+                changed = true
+            }
+            if g.leader != lastLeaders[i] {
+                lastLeaders[i] = g.leader
+                changed = true
+            }
+            if g.configuration != lastConfigurations[i] {
+                lastConfigurations[i] = g.configuration
+                changed = true
+            }
         }
         guard changed else { return }
         let current = groups.map { PartitionStatus(id: $0.partition, leader: $0.leader, epoch: $0.term, voters: $0.configuration.voters, learners: $0.configuration.learners) }
