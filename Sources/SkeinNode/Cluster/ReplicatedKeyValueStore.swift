@@ -238,16 +238,58 @@ enum KeyValueForwarding {
     }
 
     static func answer(_ op: KVOperation, cluster: ClusterHandle) async -> [UInt8] {
-        var w = WireWriter()
         do {
             guard let replication = cluster.replication else { throw ReplicatedKeyValueStore.starting }
-            let result: KVResult
-            do {
-                result = try await ReplicatedKeyValueStore.local(op, partition: op.partition(count: replication.partitionCount),
+            let result = try await ReplicatedKeyValueStore.local(op, partition: op.partition(count: replication.partitionCount),
                                                                  replication: replication, store: replication.store)
-            } catch let error as ReplicationError {
-                throw ReplicatedKeyValueStore.skeinError(error, key: op.key)
+            return encodeAnswer(.success(result), key: op.key)
+        } catch {
+            return encodeAnswer(.failure(error), key: op.key)
+        }
+    }
+
+    /// The write a forwarded call asks for (a put or a delete), or nil for anything else,
+    /// which ``serve(_:cluster:)`` answers (a read, or a malformed call).
+    static func write(in body: [UInt8]) -> KVOperation? {
+        var r = WireReader(bytes: body)
+        guard (try? r.string("traceparent")) != nil, let bytes = try? r.blob("operation", max: RaftCodec.maxPayload + (1 << 17)), r.atEnd,
+              let op = try? KVOperation.decode(bytes) else { return nil }
+        switch op {
+        case .put, .delete: return op
+        case .get, .scan: return nil
+        }
+    }
+
+    /// The forwarded writes of one call frame, proposed in one turn on the replication actor;
+    /// each answer goes to `answer` (with its call's id) as soon as its entry is applied.
+    static func serve(writes: [(id: UInt64, op: KVOperation)], cluster: ClusterHandle,
+                      answer: @escaping @Sendable (UInt64, [UInt8]) -> Void) async {
+        guard let replication = cluster.replication else {
+            for w in writes { answer(w.id, encodeAnswer(.failure(ReplicatedKeyValueStore.starting), key: w.op.key)) }
+            return
+        }
+        let count = replication.partitionCount
+        var commands: [(command: PartitionCommand, partition: Int)] = []
+        commands.reserveCapacity(writes.count)
+        for w in writes {
+            switch w.op {
+            case .put(let key, let value): commands.append((.put(key: key, value: value), w.op.partition(count: count)))
+            case .delete(let key): commands.append((.delete(key: key), w.op.partition(count: count)))
+            case .get, .scan: preconditionFailure("only writes are proposed together")
             }
+        }
+        await replication.propose(commands) { i, result in
+            let w = writes[i]
+            let isDelete = if case .delete = w.op { true } else { false }
+            answer(w.id, encodeAnswer(result.map { .done(existed: isDelete ? $0.existed : true) }, key: w.op.key))
+        }
+    }
+
+    /// An answer's bytes: `0 · result`, or `1 · code · what · message`.
+    static func encodeAnswer(_ result: Result<KVResult, any Error>, key: String) -> [UInt8] {
+        var w = WireWriter()
+        switch result {
+        case .success(let result):
             w.byte(0)
             switch result {
             case .value(let v):
@@ -259,9 +301,12 @@ enum KeyValueForwarding {
                 w.byte(3); w.varint(UInt64(entries.count))
                 for (k, v) in entries { w.string(k, max: 1 << 16); w.blob(v) }
             }
-        } catch {
-            let e = error as? SkeinError ?? SkeinError(code: 500, what: "internal", message: "\(error)")
-            w = WireWriter()
+        case .failure(let error):
+            let e: SkeinError = switch error {
+            case let e as SkeinError: e
+            case let e as ReplicationError: ReplicatedKeyValueStore.skeinError(e, key: key)
+            default: SkeinError(code: 500, what: "internal", message: "\(error)")
+            }
             w.byte(1); w.varint(UInt64(e.code)); w.string(e.what); w.string(e.message, max: 1 << 16)
         }
         return w.bytes

@@ -92,7 +92,8 @@ actor Replication {
     struct Waiter {
         var term: UInt64
         var deadline: ContinuousClock.Instant
-        var continuation: CheckedContinuation<AppliedEntry, any Error>
+        /// Called once, on this actor, with what became of the entry.
+        var resume: @Sendable (Result<AppliedEntry, any Error>) -> Void
         var refused: (@Sendable () -> Void)? = nil
     }
     /// Per partition, the indexes of entries whose writers are answered at commit, in order.
@@ -159,7 +160,7 @@ actor Replication {
             }
             pump()
         }
-        for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.timedOut(partition: 0)) }
+        for (_, w) in waiters { w.resume(.failure(ReplicationError.timedOut(partition: 0))) }
         waiters = [:]
         for (p, waiting) in catchUps { for c in waiting { c.continuation.resume(throwing: ReplicationError.timedOut(partition: p)) } }
         catchUps = [:]
@@ -226,7 +227,7 @@ actor Replication {
         }
         let deadline = clock.now + waitLimit
         return try await withCheckedThrowingContinuation { continuation in
-            var waiter = Waiter(term: term, deadline: deadline, continuation: continuation)
+            var waiter = Waiter(term: term, deadline: deadline, resume: { continuation.resume(with: $0) })
             if case .committed(let refused) = resolve {
                 waiter.refused = refused
                 answerAtCommit[partition, default: []].append(index)
@@ -234,6 +235,29 @@ actor Replication {
             waiters[WaiterKey(partition: partition, index: index)] = waiter
             pumpSoon()
         }
+    }
+
+    /// Proposes several commands in one turn on this actor, each answered through `done`
+    /// (called on this actor, with the command's position) once applied here, or at once if
+    /// it cannot be proposed: for writes forwarded by other nodes, which then need no task
+    /// and no turn of their own here.
+    func propose(_ commands: [(command: PartitionCommand, partition: Int)],
+                 done: @escaping @Sendable (Int, Result<AppliedEntry, any Error>) -> Void) {
+        let deadline = clock.now + waitLimit
+        let t = now
+        for (i, item) in commands.enumerated() {
+            if let failed {
+                done(i, .failure(ReplicationError.storageFailed(failed)))
+                continue
+            }
+            let g = groups[item.partition]
+            guard let (index, term) = g.propose(item.command.encode(), now: t) else {
+                done(i, .failure(ReplicationError.notLeader(partition: item.partition, leader: g.role == .leader ? nil : g.leader)))
+                continue
+            }
+            waiters[WaiterKey(partition: item.partition, index: index)] = Waiter(term: term, deadline: deadline, resume: { done(i, $0) })
+        }
+        pumpSoon()
     }
 
     /// A pump after the jobs already waiting for this actor: the proposals among them then
@@ -290,7 +314,7 @@ actor Replication {
                 waiters[key] = nil
                 answeredAtCommit[key] = w.refused ?? {}
                 answeredThrough[p] = max(answeredThrough[p] ?? 0, index)
-                w.continuation.resume(returning: AppliedEntry(partition: p, index: index, term: w.term, existed: false))
+                w.resume(.success(AppliedEntry(partition: p, index: index, term: w.term, existed: false)))
             }
             if answered > 0 { answerAtCommit[p]!.removeFirst(answered) }
         }
@@ -426,7 +450,7 @@ actor Replication {
         let t = clock.now
         for (key, w) in waiters where w.deadline <= t {
             waiters[key] = nil
-            w.continuation.resume(throwing: ReplicationError.timedOut(partition: key.partition))
+            w.resume(.failure(ReplicationError.timedOut(partition: key.partition)))
         }
         for (p, waiting) in catchUps where waiting.contains(where: { $0.deadline <= t }) {
             for c in waiting where c.deadline <= t { c.continuation.resume(throwing: ReplicationError.timedOut(partition: p)) }
@@ -503,9 +527,9 @@ actor Replication {
             }
             guard let w = waiters.removeValue(forKey: key) else { continue }
             if w.term == a.term {
-                w.continuation.resume(returning: a)
+                w.resume(.success(a))
             } else {
-                w.continuation.resume(throwing: ReplicationError.lost(partition: a.partition))
+                w.resume(.failure(ReplicationError.lost(partition: a.partition)))
             }
         }
         let t = now
@@ -549,7 +573,7 @@ actor Replication {
         let why = "\(error)"
         failed = why
         logger.critical("the partition log could not be written; this node stops taking part in replication", metadata: ["error": "\(why)"])
-        for (_, w) in waiters { w.continuation.resume(throwing: ReplicationError.storageFailed(why)) }
+        for (_, w) in waiters { w.resume(.failure(ReplicationError.storageFailed(why))) }
         waiters = [:]
         for (_, waiting) in catchUps { for c in waiting { c.continuation.resume(throwing: ReplicationError.storageFailed(why)) } }
         catchUps = [:]

@@ -361,11 +361,22 @@ extension PeerResponder {
                         pending.writeImmutableBuffer(chunk)
                         while let payload = try PeerStreamFrame.next(from: &pending, sequence: sequence, key: key, limit: PeerLimits.maxRaftBody) {
                             sequence += 1
+                            var writes: [(id: UInt64, op: KVOperation)] = []
                             for call in try PeerCalls.decodeCalls(payload) {
                                 outbox.started()
+                                // Forwarded key-value writes are proposed together, below.
+                                if call.route == KeyValueForwarding.path, let op = KeyValueForwarding.write(in: call.body) {
+                                    writes.append((call.id, op))
+                                    continue
+                                }
                                 calls.addTask {
                                     let (status, body) = await serve(call.route, call.body, cluster: cluster)
                                     outbox.put(PeerCalls.Answer(id: call.id, status: status, body: body))
+                                }
+                            }
+                            if !writes.isEmpty {
+                                await KeyValueForwarding.serve(writes: writes, cluster: cluster) { id, body in
+                                    outbox.put(PeerCalls.Answer(id: id, status: 200, body: body))
                                 }
                             }
                         }
