@@ -32,8 +32,7 @@ import Testing
         // hand out as ephemeral ports (32768 and up).
         let base = 20000 + Int.random(in: 0..<500) * 10
         let data = temporaryDirectory()
-        defer { Task { _ = try? await Self.script("down", data: data, base: base) } }
-
+        try await Self.stoppingNodes(data: data, base: base) {
         let up = try await Self.script("up", ["3"], data: data, base: base)
         #expect(up.status == 0, "\(up.output)")
         #expect(up.output.contains("n3  client http://127.0.0.1:\(base + 3)"), "\(up.output)")
@@ -88,6 +87,7 @@ import Testing
         #expect(down.output.contains("stopped 3 node(s)"), "\(down.output)")
         let after = try await Self.script("status", data: data, base: base).output
         #expect(after.components(separatedBy: "not running").count == 4, "\(after)")
+        }
     }
 
     /// `cluster/chaos` as a person runs it: kills, pauses and restarts under writes and
@@ -97,7 +97,7 @@ import Testing
         defer { ProcessGate.shared.leave() }
         let base = 25000 + Int.random(in: 0..<500) * 10
         let data = temporaryDirectory()
-        defer { Task { _ = try? await Self.script("down", data: data, base: base) } }
+        try await Self.stoppingNodes(data: data, base: base) {
         #expect(try await Self.script("chaos", ["5"], data: data, base: base).status == 1, "no cluster: refused")
         let up = try await Self.script("up", ["3"], data: data, base: base)
         #expect(up.status == 0, "\(up.output)")
@@ -106,5 +106,19 @@ import Testing
         #expect(chaos.output.contains("kill n") || chaos.output.contains("pause n"), "\(chaos.output)")
         #expect(chaos.output.contains(" 0 lost;") && chaos.output.contains("chaos: PASS (seed 7)"), "\(chaos.output)")
         #expect(try await Self.script("chaos", ["x"], data: data, base: base).status == 2)
+        }
+    }
+
+    /// Runs `body`, then stops the nodes it started and waits for that before the test ends.
+    /// (A `defer` could only start a task to do it, and when this test is the last to finish
+    /// the test process exits first: the nodes went on running after the suite.)
+    static func stoppingNodes(data: String, base: Int, _ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch {
+            _ = try? await script("down", data: data, base: base)
+            throw error
+        }
+        _ = try? await script("down", data: data, base: base)
     }
 }
