@@ -120,13 +120,19 @@ final class PeerCallStream: Sendable {
         var nextID: UInt64 = 0
         var sequence: UInt64 = 0
         var writeScheduled = false
+        /// When the next sweep for calls past their time runs (nil: none is scheduled). One
+        /// sweep at the earliest deadline instead of a timer per call: a call needs a timer of
+        /// its own only when its deadline comes before every scheduled sweep.
+        var nextSweepAt: NIODeadline?
         var closed: String?
     }
 
     private struct Waiting {
         let continuation: CheckedContinuation<PeerAnswer, any Error>
-        var timer: Scheduled<Void>?
+        let deadline: NIODeadline
+        let timeout: TimeAmount
     }
+
 
     init(channel: any Channel, name: String, auth: PeerAuth, peer: String) {
         self.channel = channel
@@ -141,14 +147,17 @@ final class PeerCallStream: Sendable {
 
     func call(route: String, body: [UInt8], timeout: TimeAmount) async throws -> PeerAnswer {
         try await withCheckedThrowingContinuation { continuation in
-            let queued: (id: UInt64, write: Bool)? = state.withLock { s in
+            let deadline = NIODeadline.now() + timeout
+            let queued: (write: Bool, sweep: Bool)? = state.withLock { s in
                 guard s.closed == nil else { return nil }
                 let id = s.nextID
                 s.nextID += 1
-                s.pending[id] = Waiting(continuation: continuation)
+                s.pending[id] = Waiting(continuation: continuation, deadline: deadline, timeout: timeout)
                 s.queued.append(PeerCalls.Call(id: id, route: route, body: body))
+                let sweep = s.nextSweepAt.map { deadline < $0 } ?? true
+                if sweep { s.nextSweepAt = deadline }
                 defer { s.writeScheduled = true }
-                return (id, !s.writeScheduled)
+                return (!s.writeScheduled, sweep)
             }
             guard let queued else {
                 continuation.resume(throwing: PeerCallError(description: "the call stream to \(peer) is closed"))
@@ -156,16 +165,34 @@ final class PeerCallStream: Sendable {
             }
             let loop = channel.eventLoop
             if queued.write { loop.execute { self.writeQueued() } }
-            let timer = loop.scheduleTask(in: timeout) {
-                self.finish(queued.id, .failure(PeerCallError(description: "\(self.peer) did not answer within \(timeout)")))
-            }
-            let stale = state.withLock { s -> Bool in
-                guard s.pending[queued.id] != nil else { return true }
-                s.pending[queued.id]!.timer = timer
-                return false
-            }
-            if stale { timer.cancel() }
+            if queued.sweep { loop.scheduleTask(deadline: deadline) { self.sweep() } }
         }
+    }
+
+    /// On the event loop: fails the calls past their time, and makes sure a sweep comes by
+    /// the earliest deadline of those still waiting.
+    private func sweep() {
+        let now = NIODeadline.now()
+        let (expired, next) = state.withLock { s -> ([Waiting], NIODeadline?) in
+            var expired: [Waiting] = []
+            var earliest: NIODeadline?
+            for (id, w) in s.pending {
+                if w.deadline <= now {
+                    expired.append(w)
+                    s.pending[id] = nil
+                } else if earliest.map({ w.deadline < $0 }) ?? true {
+                    earliest = w.deadline
+                }
+            }
+            // A later sweep already scheduled, and needed no sooner, serves.
+            if let at = s.nextSweepAt, at > now, earliest.map({ at <= $0 }) ?? true { return (expired, nil) }
+            s.nextSweepAt = s.closed == nil ? earliest : nil
+            return (expired, s.nextSweepAt)
+        }
+        for w in expired {
+            w.continuation.resume(throwing: PeerCallError(description: "\(peer) did not answer within \(w.timeout)"))
+        }
+        if let next { channel.eventLoop.scheduleTask(deadline: next) { self.sweep() } }
     }
 
     /// On the event loop: one frame with every call queued so far. Frames leave in the order
@@ -193,7 +220,6 @@ final class PeerCallStream: Sendable {
 
     private func finish(_ id: UInt64, _ result: Result<PeerAnswer, any Error>) {
         guard let waiting = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
-        waiting.timer?.cancel()
         waiting.continuation.resume(with: result)
     }
 
@@ -205,7 +231,6 @@ final class PeerCallStream: Sendable {
             return Array(s.pending.values)
         }
         for w in waiting {
-            w.timer?.cancel()
             w.continuation.resume(throwing: PeerCallError(description: why))
         }
         channel.close(promise: nil)
