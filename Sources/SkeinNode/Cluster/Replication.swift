@@ -53,7 +53,7 @@ struct PartitionStatus: Sendable {
 }
 
 /// The imperative shell around the node's Raft groups, one per partition: it feeds them ticks
-/// (every 10 ms, on a monotonic clock) and peer messages, writes what they ask to persist in
+/// (when a group's timer falls due, on a monotonic clock) and peer messages, writes what they ask to persist in
 /// one SQLite transaction per round (the group commit: everything that arrived while the
 /// previous fsync ran goes into the next), then sends their messages — batched per peer, in
 /// order, as frames of one long-lived HTTP/2 stream per peer — and applies committed entries.
