@@ -77,6 +77,22 @@ struct RaftHarness {
         }
     }
 
+    /// Advances time in steps of 1 ms, ticking a node only when its ``Raft/nextTimer`` is due
+    /// (as the node's shell does), settling after each tick.
+    mutating func runOnTimers(for d: Duration) {
+        let end = now + d
+        while now < end {
+            now += .milliseconds(1)
+            var ticked = false
+            for id in nodes.keys.sorted() {
+                guard let due = nodes[id]!.nextTimer, due <= now else { continue }
+                nodes[id]!.tick(now: now)
+                ticked = true
+            }
+            if ticked { settle() }
+        }
+    }
+
     var leaders: [RaftNodeID] { nodes.values.filter { $0.role == .leader }.map(\.id).sorted() }
 
     /// Restarts `id` from what it persisted.
@@ -117,6 +133,34 @@ struct RaftTests {
         h.cut = []
         h.run(for: .milliseconds(200))
         for id in three { #expect(h.applied[id]?.contains { $0.data == [7] } == true) }
+    }
+
+    @Test("ticked only when nextTimer says, a group elects, keeps its leader and lease, and elects again when it dies")
+    func ticksOnlyWhenATimerIsDue() throws {
+        var h = RaftHarness(three)
+        h.runOnTimers(for: .seconds(3))
+        #expect(h.leaders.count == 1)
+        let leader = try #require(h.leaders.first)
+        let term = h.raft(leader).term
+        // Heartbeats (due on the leader's timer) keep the followers from campaigning, and the
+        // quorum check (also a timer) keeps the leader; the lease holds throughout.
+        var lapses = 0
+        for _ in 0..<500 {
+            h.runOnTimers(for: .milliseconds(10))
+            if !h.raft(leader).canServeReads(now: h.now) { lapses += 1 }
+        }
+        #expect(h.leaders == [leader] && h.raft(leader).term == term)
+        #expect(lapses == 0, "the lease lapsed at \(lapses) of 500 looks")
+        // Cut off, the old leader steps down on its quorum check and the others elect.
+        h.isolate(leader)
+        h.runOnTimers(for: .seconds(3))
+        #expect(h.raft(leader).role != .leader)
+        let others = h.leaders.filter { $0 != leader }
+        #expect(others.count == 1)
+        let next = try #require(others.first)
+        let (index, _) = try #require(h.raft(next).propose([9], now: h.now))
+        h.runOnTimers(for: .milliseconds(300))
+        #expect(h.raft(next).commit >= index)
     }
 
     @Test("proposals made between two takes share one append per follower, and all of them commit")
