@@ -3,15 +3,19 @@
 
 In one run, on one disk:
   1. the fsync floor: SQLite WAL, synchronous=FULL, one row per commit (Python's sqlite3);
-  2. Skein: 3 nodes; h2load (HTTP/1.1, one PUT in flight per connection) with 64 connections
-     spread over the three nodes, each PUT a different key: acknowledged writes/s, p50/p99
-     over every request (h2load's per-request log), fsyncs (group commits) per write;
-  3. dqlite (dqlite-demo, Debian's go-dqlite), 3 nodes, the same load on its `PUT /key`;
-  4. failover: a writer per partition through a surviving node while the node leading the
+  2. ROUNDS alternating rounds of SECONDS each, every round on a fresh 3-node cluster (nothing
+     of the other system running meanwhile):
+     - Skein: h2load (HTTP/1.1, one PUT in flight per connection) with 64 connections spread
+       over the three nodes, each PUT a different key: acknowledged writes/s, p50/p99 over
+       every request (h2load's per-request log), fsyncs (group commits) per write;
+     - dqlite (dqlite-demo, Debian's go-dqlite), 3 nodes, the same load on its `PUT /key`.
+     The machine's speed drifts by 10-20% within a minute on shared hosts; alternating short
+     rounds cancels most of it, and the spread of the per-round ratios is printed.
+  3. failover: a writer per partition through a surviving node while the node leading the
      most partitions is SIGKILLed; the time from the kill until each of its partitions takes
      a write again (max over its partitions), repeated.
 
-Usage: bench_kv.py SKEIN_BIN [SECONDS] [KILLS]
+Usage: bench_kv.py SKEIN_BIN [SECONDS] [KILLS] [ROUNDS]
 """
 import http.client
 import json
@@ -33,6 +37,7 @@ from bench_nodes import Nodes  # noqa: E402
 BIN = sys.argv[1]
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 KILLS = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+ROUNDS = int(sys.argv[4]) if len(sys.argv) > 4 else 3
 CONNECTIONS = 64
 PARTITIONS = 16
 VALUE = b"v" * 100
@@ -74,8 +79,28 @@ def fsync_floor(directory, seconds=3):
     return n / seconds
 
 
+class Load:
+    """What one or more load runs measured: per-request latencies (ms) of the acknowledged
+    writes, their count, the failures, the seconds of load, and the command line."""
+
+    def __init__(self, times, ok, failed, seconds, command):
+        self.times, self.ok, self.failed, self.seconds, self.command = sorted(times), ok, failed, seconds, command
+
+    @property
+    def rate(self):
+        return self.ok / self.seconds
+
+    def pct(self, q):
+        return self.times[min(len(self.times) - 1, int(len(self.times) * q))] if self.times else float("nan")
+
+    @staticmethod
+    def merged(loads):
+        return Load([t for l in loads for t in l.times], sum(l.ok for l in loads), sum(l.failed for l in loads),
+                    sum(l.seconds for l in loads), loads[0].command)
+
+
 def h2load(urls_per_client, workdir, label):
-    """Runs one h2load per target at once; returns (ok/s, p50 ms, p99 ms, total, failed, command)."""
+    """Runs one h2load per target at once, for SECONDS; returns a Load."""
     value = os.path.join(workdir, "value")
     with open(value, "wb") as f:
         f.write(VALUE)
@@ -109,9 +134,8 @@ def h2load(urls_per_client, workdir, label):
                     times.append(micros / 1000)
                 else:
                     failed += 1
-    times.sort()
-    p = lambda q: times[min(len(times) - 1, int(len(times) * q))] if times else float("nan")
-    return ok / SECONDS, p(0.50), p(0.99), ok, failed, command
+        os.remove(log)  # h2load appends to its log file
+    return Load(times, ok, failed, SECONDS, command)
 
 
 class Skein(Nodes):
@@ -124,13 +148,19 @@ class Skein(Nodes):
             return None
         return {p["id"]: p.get("leader") for p in v["partitions"]}
 
-    def wait_leaders(self, alive, timeout=30):
+    def wait_leaders(self, alive, timeout=30, balanced=False):
+        """Waits until every live node sees every partition led by a live node (and, if asked,
+        the leaders spread evenly over the live nodes, as the cluster settles after a start)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             views = [self.leaders(i) for i in alive]
             if all(v and all(l is not None and l in [f"n{j + 1}" for j in alive] for l in v.values()) for v in views):
-                return views[0]
+                counts = [list(views[0].values()).count(f"n{j + 1}") for j in alive]
+                if not balanced or max(counts) - min(counts) <= 1:
+                    return views[0]
             time.sleep(0.05)
+        if balanced:
+            return self.wait_leaders(alive, timeout=5)
         raise SystemExit("bench: partitions did not all get a leader among the live nodes")
 
 
@@ -194,7 +224,8 @@ def failover(cluster, rounds):
     return results
 
 
-def dqlite(workdir, base):
+def dqlite_round(workdir, base, r):
+    """One round on a fresh 3-node dqlite cluster; a Load, or None without dqlite-demo."""
     if not shutil.which("dqlite-demo"):
         return None
     procs = []
@@ -202,7 +233,7 @@ def dqlite(workdir, base):
     db = [base + 100 + i for i in range(1, 4)]
     try:
         for i in range(3):
-            d = os.path.join(workdir, f"dq{i}")
+            d = os.path.join(workdir, f"dq{r}-{i}")
             os.makedirs(d, exist_ok=True)
             args = ["dqlite-demo", "-a", f"127.0.0.1:{api[i]}", "-d", f"127.0.0.1:{db[i]}", "-D", d]
             if i > 0:
@@ -220,12 +251,29 @@ def dqlite(workdir, base):
                     pass
                 time.sleep(0.2)
         time.sleep(2)
-        urls = [[f"http://127.0.0.1:{api[n]}/dq-{n}-{i}" for i in range(2000)] for n in range(3)]
+        urls = [[f"http://127.0.0.1:{api[n]}/dq-{r}-{n}-{i}" for i in range(2000)] for n in range(3)]
         return h2load(urls, workdir, "dqlite")
     finally:
         for p in procs:
             p.kill()
             p.wait()
+        for i in range(3):
+            shutil.rmtree(os.path.join(workdir, f"dq{r}-{i}"), ignore_errors=True)
+
+
+def skein_round(workdir, r):
+    """One round on a fresh 3-node Skein cluster: (Load, fsyncs per write)."""
+    cluster = Skein(21000)
+    try:
+        for i in range(3):
+            cluster.start(i)
+        cluster.wait_leaders([0, 1, 2], balanced=True)
+        before = cluster.commits()
+        urls = [[f"http://127.0.0.1:{cluster.client[n]}/v1/kv/bench-{r}-{n}-{i}" for i in range(2000)] for n in range(3)]
+        load = h2load(urls, workdir, "skein")
+        return load, (cluster.commits() - before)
+    finally:
+        cluster.stop()
 
 
 def main():
@@ -234,29 +282,40 @@ def main():
         floor = fsync_floor(work)
         print(f"fsync floor: SQLite WAL synchronous=FULL, one row per commit: {floor:,.0f} commits/s", file=sys.stderr)
 
+        skein_loads, dq_loads, commits = [], [], 0
+        for r in range(ROUNDS):
+            load, c = skein_round(work, r)
+            skein_loads.append(load)
+            commits += c
+            print(f"  round {r + 1} skein:  {load.rate:,.0f} acknowledged writes/s, p50 {load.pct(0.5):.1f} ms, p99 {load.pct(0.99):.1f} ms, {load.failed} failed", file=sys.stderr)
+            d = dqlite_round(work, 22000, r)
+            if d:
+                dq_loads.append(d)
+                print(f"  round {r + 1} dqlite: {d.rate:,.0f} acknowledged writes/s, p50 {d.pct(0.5):.1f} ms, p99 {d.pct(0.99):.1f} ms, {d.failed} failed", file=sys.stderr)
+        sk = Load.merged(skein_loads)
+        rate, p50, p99, failed, command = sk.rate, sk.pct(0.5), sk.pct(0.99), sk.failed, sk.command
+        per_write = commits / sk.ok if sk.ok else float("nan")
+        print(f"skein, {ROUNDS} rounds of {SECONDS} s: {rate:,.0f} acknowledged writes/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, {failed} failed; "
+              f"{per_write:.3f} group commits (fsyncs) per write over the 3 nodes", file=sys.stderr)
+        print(f"  load: 3 × `{command}` (one per node, {CONNECTIONS} connections in all, {SECONDS} s a round)", file=sys.stderr)
+        dq = None
+        if dq_loads:
+            d = Load.merged(dq_loads)
+            dq = (d.rate, d.pct(0.5), d.pct(0.99))
+            ratios = [a.rate / b.rate for a, b in zip(skein_loads, dq_loads) if b.rate > 0]
+            print(f"dqlite, {ROUNDS} rounds of {SECONDS} s: {d.rate:,.0f} acknowledged writes/s, p50 {dq[1]:.1f} ms, p99 {dq[2]:.1f} ms, {d.failed} failed", file=sys.stderr)
+            if ratios:
+                print(f"  per-round ratios Skein/dqlite from {min(ratios):.2f} to {max(ratios):.2f}", file=sys.stderr)
+        else:
+            print("dqlite: dqlite-demo not installed (apt-get install go-dqlite)", file=sys.stderr)
+
         cluster = Skein(21000)
         try:
             for i in range(3):
                 cluster.start(i)
-            cluster.wait_leaders([0, 1, 2])
-            before = cluster.commits()
-            urls = [[f"http://127.0.0.1:{cluster.client[n]}/v1/kv/bench-{n}-{i}" for i in range(2000)] for n in range(3)]
-            rate, p50, p99, ok, failed, command = h2load(urls, work, "skein")
-            commits = cluster.commits() - before
-            per_write = commits / ok if ok else float("nan")
-            print(f"skein: {rate:,.0f} acknowledged writes/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, {failed} failed; "
-                  f"{per_write:.3f} group commits (fsyncs) per write over the 3 nodes", file=sys.stderr)
-            print(f"  load: 3 × `{command}` (one per node, {CONNECTIONS} connections in all, {SECONDS} s)", file=sys.stderr)
             kills = failover(cluster, KILLS)
         finally:
             cluster.stop()
-
-        dq = dqlite(work, 22000)
-        if dq:
-            d_rate, d_p50, d_p99, d_ok, d_failed, _ = dq
-            print(f"dqlite: {d_rate:,.0f} acknowledged writes/s, p50 {d_p50:.1f} ms, p99 {d_p99:.1f} ms, {d_failed} failed", file=sys.stderr)
-        else:
-            print("dqlite: dqlite-demo not installed (apt-get install go-dqlite)", file=sys.stderr)
 
         print()
         print(f"| figure | Skein | dqlite | goal |")
