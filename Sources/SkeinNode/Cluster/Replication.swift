@@ -547,11 +547,51 @@ actor Replication {
         pump()
     }
 
+    /// Sends what is queued for each peer: at once, from this turn, when the peer's Raft
+    /// stream is open; else from a task that opens it (one per peer at a time, which also
+    /// takes whatever is queued for that peer meanwhile, keeping the order).
     private func startSending() {
-        for to in outbox.keys where !sending.contains(to) {
+        for to in Array(outbox.keys) where !sending.contains(to) {
+            if sendNow(to) { continue }
             sending.insert(to)
             Task { await self.drain(to) }
         }
+    }
+
+    /// Sends everything queued for `to` on its open Raft stream; false (and the rest still
+    /// queued) when it is not open.
+    private func sendNow(_ to: RaftNodeID) -> Bool {
+        guard let pending = outbox[to], !pending.isEmpty else {
+            outbox[to] = nil
+            return true
+        }
+        guard let connection = try? peers.connection(to: to) else { return false }
+        let batches = Self.batches(pending)
+        for (i, messages) in batches.enumerated() {
+            let body = RaftCodec.encode(RaftBatch(partitionCount: partitionCount, from: me, messages: messages))
+            guard connection.trySendRaft(body) else {
+                outbox[to] = Array(batches[i...].joined())
+                return false
+            }
+        }
+        outbox[to] = nil
+        return true
+    }
+
+    /// `messages` in order, cut into batches of at most about 8 MiB (at least one message each).
+    private static func batches(_ messages: [RaftMessage]) -> [[RaftMessage]] {
+        var batches: [[RaftMessage]] = [[]]
+        var bytes = 0
+        for m in messages {
+            let size = m.approximateSize
+            if bytes + size > 8 << 20, !batches[batches.count - 1].isEmpty {
+                batches.append([])
+                bytes = 0
+            }
+            batches[batches.count - 1].append(m)
+            bytes += size
+        }
+        return batches
     }
 
     /// Keeps each partition's log bounded: past 20,000 entries, forget all but the last
@@ -579,22 +619,12 @@ actor Replication {
         catchUps = [:]
     }
 
-    /// Sends everything queued for `to`, in order, until the queue is empty.
+    /// Sends everything queued for `to`, in order, until the queue is empty, opening the
+    /// peer's Raft stream when it is not open.
     private func drain(_ to: RaftNodeID) async {
         defer { sending.remove(to) }
         while let pending = outbox.removeValue(forKey: to), !pending.isEmpty {
-            var batches: [[RaftMessage]] = [[]]
-            var bytes = 0
-            for m in pending {
-                let size = m.approximateSize
-                if bytes + size > 8 << 20, !batches[batches.count - 1].isEmpty {
-                    batches.append([])
-                    bytes = 0
-                }
-                batches[batches.count - 1].append(m)
-                bytes += size
-            }
-            for messages in batches {
+            for messages in Self.batches(pending) {
                 let body = RaftCodec.encode(RaftBatch(partitionCount: partitionCount, from: me, messages: messages))
                 do {
                     try await peers.connection(to: to).sendRaft(body, partitionCount: partitionCount)

@@ -33,9 +33,14 @@ actor PeerConnection {
     private var connecting: Task<NIOHTTP2Handler.AsyncStreamMultiplexer<Void>, any Error>?
     private var failures = 0
     /// This node's long-lived Raft stream to the peer, the name its frames are signed under,
-    /// and the next frame's number.
-    private var raftStream: (channel: any Channel, key: PeerAuth.FrameKey)?
-    private var raftSequence: UInt64 = 0
+    /// and the next frame's number; behind a lock, so a send on an open stream
+    /// (``trySendRaft(_:)``) needs no turn on this actor.
+    private let raftStream = Mutex<RaftStream?>(nil)
+    private struct RaftStream: Sendable {
+        let channel: any Channel
+        let key: PeerAuth.FrameKey
+        var sequence: UInt64 = 0
+    }
     private var retryAt: ContinuousClock.Instant?
     private var lastFailure = ""
     /// This node's call stream to the peer, readable without the actor: calls on an open stream
@@ -108,41 +113,53 @@ actor PeerConnection {
     /// resends what matters. Frames are numbered in the order of the calls: one caller at a
     /// time (Replication sends to a peer from one task).
     nonisolated func sendRaft(_ payload: [UInt8], partitionCount: Int) async throws {
-        let (channel, frame) = try await raftFrame(payload, partitionCount: partitionCount)
+        if trySendRaft(payload) { return }
+        try await openRaftStream(partitionCount: partitionCount)
+        guard trySendRaft(payload) else { throw PeerCallError(description: "the raft stream to \(host):\(port) closed as it opened") }
+    }
+
+    /// Sends one encoded Raft batch on the open Raft stream, without waiting: false when no
+    /// stream is open (then ``sendRaft(_:partitionCount:)`` opens one). The frame is numbered
+    /// and handed to the event loop under the lock, so frames leave in the order of the calls.
+    nonisolated func trySendRaft(_ payload: [UInt8]) -> Bool {
         let timeout = callTimeout
-        let peer = "\(host):\(port)"
         let logger = self.logger
-        // One turn of the loop: the write (after the head and earlier frames, which were queued
-        // the same way) and its watch.
-        channel.eventLoop.execute {
-            let timer = channel.eventLoop.scheduleTask(in: timeout) {
-                logger.debug("raft stream write timed out; closing it", metadata: ["peer": "\(peer)"])
-                channel.close(promise: nil)
+        return raftStream.withLock { stream -> Bool in
+            guard var current = stream, current.channel.isActive else { return false }
+            let frame = PeerStreamFrame.encode(payload, sequence: current.sequence, key: current.key)
+            current.sequence += 1
+            stream = current
+            let channel = current.channel
+            // One turn of the loop: the write (after the head and earlier frames, which were
+            // queued the same way) and its watch.
+            channel.eventLoop.execute {
+                let timer = channel.eventLoop.scheduleTask(in: timeout) {
+                    logger.debug("raft stream write timed out; closing it", metadata: ["peer": "\(channel.remoteAddress?.description ?? "?")"])
+                    channel.close(promise: nil)
+                }
+                channel.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(frame))).whenComplete { result in
+                    timer.cancel()
+                    if case .failure = result { channel.close(promise: nil) }
+                }
             }
-            channel.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(frame))).whenComplete { result in
-                timer.cancel()
-                if case .failure = result { channel.close(promise: nil) }
-            }
+            return true
         }
     }
 
-    private func raftFrame(_ payload: [UInt8], partitionCount: Int) async throws -> (any Channel, ByteBuffer) {
-        if raftStream == nil || raftStream?.channel.isActive != true {
-            raftStream = nil
-            let peer = "\(host):\(port)"
-            let logger = self.logger
-            let (channel, name) = try await openStream(path: Self.raftStreamPath, headers: [(Self.partitionsHeader, String(partitionCount))]) { channel, name in
-                try channel.pipeline.syncOperations.addHandler(StreamAnswerWatcher(peer: peer, logger: logger))
-                return name
-            }
-            if let current = raftStream { current.channel.close(promise: nil) }
-            raftStream = (channel, auth.frameKey(stream: name))
-            raftSequence = 0
+    /// Opens the Raft stream unless one is open.
+    private func openRaftStream(partitionCount: Int) async throws {
+        if raftStream.withLock({ $0?.channel.isActive == true }) { return }
+        let peer = "\(host):\(port)"
+        let logger = self.logger
+        let (channel, name) = try await openStream(path: Self.raftStreamPath, headers: [(Self.partitionsHeader, String(partitionCount))]) { channel, name in
+            try channel.pipeline.syncOperations.addHandler(StreamAnswerWatcher(peer: peer, logger: logger))
+            return name
         }
-        let stream = raftStream!
-        let frame = PeerStreamFrame.encode(payload, sequence: raftSequence, key: stream.key)
-        raftSequence += 1
-        return (stream.channel, frame)
+        let previous = raftStream.withLock { stream in
+            defer { stream = RaftStream(channel: channel, key: auth.frameKey(stream: name)) }
+            return stream
+        }
+        previous?.channel.close(promise: nil)
     }
 
     /// Calls `route` on the peer with `body` over this node's call stream to it (``PeerCalls``,
@@ -271,8 +288,10 @@ actor PeerConnection {
 
     func close() async {
         calls.withLock { $0 }?.close(why: "the connection to \(host):\(port) closed")
-        raftStream?.channel.close(promise: nil)
-        raftStream = nil
+        raftStream.withLock { stream in
+            stream?.channel.close(promise: nil)
+            stream = nil
+        }
         try? await channel?.close()
         channel = nil
         multiplexer = nil

@@ -156,7 +156,7 @@ struct NodeResponder: HTTPResponder {
         _ pipeline: Pipeline, request: Request, path: String, query: String?, parameters: [String: String], traceID: String,
         incoming: TraceParent?, arrival: ContinuousClock.Instant, body: Data?
     ) -> Started {
-        var begun = begin(pipeline, request: request, path: path, traceID: traceID, incoming: incoming)
+        let begun = begin(pipeline, request: request, path: path, traceID: traceID, incoming: incoming)
         guard let body else { return .needsBody(begun) }
         return start(pipeline, request: request, path: path, query: query, parameters: parameters, arrival: arrival, body: body, begun: begun)
     }
