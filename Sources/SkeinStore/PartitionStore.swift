@@ -177,6 +177,12 @@ public final class PartitionStore: Sendable {
     /// Partitions whose `raft_state` row is known to exist (written by a transaction that
     /// committed), so the group commit need not ask for it again on every write.
     private let stateRows = Mutex<Set<Int>>([])
+    /// A test hook, not a setting: with `SKEIN_TEST_SLOW_COMMIT_MS` in the environment, every
+    /// fsynced group commit is held that long before it commits, as on a slow disk, which
+    /// widens the windows the real-process tests look into (an entry acknowledged at commit
+    /// and not yet applied, say).
+    private let slowCommitMicros: UInt32 = ProcessInfo.processInfo.environment["SKEIN_TEST_SLOW_COMMIT_MS"]
+        .flatMap { UInt32($0) }.map { min($0, 10_000) * 1000 } ?? 0
 
     /// Opens the tables and checks the partition count against the one stored at creation.
     public init(database: NodeDatabase, partitions: Int) throws(StoreError) {
@@ -236,6 +242,7 @@ public final class PartitionStore: Sendable {
             // it to a power cut only means re-applying from the (durable) log. The WAL keeps
             // transactions in order, so a later fsynced one makes this one durable too.
             if !sync { try db.cachedStatement(sql: "PRAGMA synchronous = OFF").run() }
+            if sync, slowCommitMicros > 0 { usleep(slowCommitMicros) }
             defer { if !sync { try? db.cachedStatement(sql: "PRAGMA synchronous = FULL").run() } }
             var snapshots: [Int: [UInt8]] = [:]
             var applied: [AppliedEntry] = []

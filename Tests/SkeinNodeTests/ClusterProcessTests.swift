@@ -20,7 +20,7 @@ import Testing
             self.name = name; self.client = client; self.peer = peer; self.data = data
         }
 
-        func start(seeds: [Int], secret: String, extra: [String] = []) throws {
+        func start(seeds: [Int], secret: String, extra: [String] = [], environment: [String: String] = [:]) throws {
             let log = data + "/node.log"
             if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
             let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
@@ -30,7 +30,7 @@ import Testing
             process.arguments = ["node", "--name", name, "--listen", "127.0.0.1:\(client)", "--peer", "127.0.0.1:\(peer)",
                                  "--seeds", seeds.map { "127.0.0.1:\($0)" }.joined(separator: ","), "--data", data + "/d",
                                  "--log-level", "info"] + extra
-            process.environment = ["SKEIN_CLUSTER_SECRET": secret]
+            process.environment = environment.merging(["SKEIN_CLUSTER_SECRET": secret]) { _, secret in secret }
             process.standardOutput = handle
             process.standardError = handle
             process.standardInput = FileHandle.nullDevice
@@ -61,8 +61,8 @@ import Testing
         }
 
         /// Starts the seed nodes.
-        func startVoters(extra: [String] = []) throws {
-            for node in nodes.prefix(seeds.count) { try node.start(seeds: seeds, secret: secret, extra: extra) }
+        func startVoters(extra: [String] = [], environment: [String: String] = [:]) throws {
+            for node in nodes.prefix(seeds.count) { try node.start(seeds: seeds, secret: secret, extra: extra, environment: environment) }
         }
 
         func killAll() { for node in nodes { node.signal(SIGKILL) } }

@@ -61,6 +61,40 @@ struct LinearizabilityCheckerTests {
         }
     }
 
+    /// Leaders acknowledge a put once it is committed, before they apply it to the table
+    /// reads come from; the apply waits for the group commit in flight. A read right after
+    /// the acknowledgement, through any node, must still see the write. Every fsynced commit
+    /// is held 30 ms (a slow disk), so each acknowledgement comes well before its apply.
+    @Test func aReadRightAfterAnAcknowledgedPutSeesIt() async throws {
+        await ProcessGate.shared.enter()
+        defer { ProcessGate.shared.leave() }
+        let cluster = try ClusterProcessTests.ProcessCluster(3)
+        defer { cluster.killAll() }
+        let nodes = cluster.nodes
+        try cluster.startVoters(extra: ["--partitions", "4"], environment: ["SKEIN_TEST_SLOW_COMMIT_MS": "30"])
+        try await Self.waitForLeaders(nodes, partitions: 4)
+        let results = await withTaskGroup(of: (reads: Int, stale: [String]).self) { group in
+            for client in 0..<24 {
+                group.addTask {
+                    var reads = 0
+                    var stale: [String] = []
+                    for i in 0..<10 {
+                        let key = "raw-\(client)"
+                        guard case .ok = await Self.call(.PUT, nodes[(client + i) % 3], key, "\(i)") else { continue }
+                        let read = await Self.call(.GET, nodes[(client + i + 1) % 3], key)
+                        guard case .ok(let value) = read else { continue }
+                        reads += 1
+                        if value != "\(i)" { stale.append("\(key) = \(value ?? "nothing") after \(i)") }
+                    }
+                    return (reads, stale)
+                }
+            }
+            return await group.reduce(into: (reads: 0, stale: [String]())) { $0.reads += $1.reads; $0.stale += $1.stale }
+        }
+        #expect(results.reads >= 200, "most reads were answered: \(results.reads) of 240")
+        #expect(results.stale.count == 0, "\(results.stale.count) reads right after their write missed it: \(results.stale.prefix(5))")
+    }
+
     @Test func writesSurviveLeaderKillsAndHistoriesAreLinearizable() async throws {
         await ProcessGate.shared.enter()
         defer { ProcessGate.shared.leave() }

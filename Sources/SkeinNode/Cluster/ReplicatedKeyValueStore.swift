@@ -6,10 +6,11 @@ import SkeinStore
 
 /// The replicated key-value store as clients and pipeline effects see it: any node takes any
 /// request. A key belongs to the partition of its hash (or its `{tag}`); the partition's
-/// leader answers it — reads from its table while it holds the lease (linearizable), writes
-/// once committed on a majority and applied. Any other node forwards the request in one hop
-/// over the peer port, with the trace context; with no leader known the answer is a 503 the
-/// caller may retry (`Retry-After`).
+/// leader answers it — reads from its table while it holds the lease (linearizable: a read
+/// first waits until every put acknowledged there is applied), puts once committed on a
+/// majority, deletes once applied (their answer says whether the key was there). Any other
+/// node forwards the request in one hop over the peer port, with the trace context; with no
+/// leader known the answer is a 503 the caller may retry (`Retry-After`).
 struct ReplicatedKeyValueStore: KeyValueStore {
     let cluster: ClusterHandle
     let limits: KeyValueLimits
@@ -96,13 +97,15 @@ struct ReplicatedKeyValueStore: KeyValueStore {
     static func local(_ op: KVOperation, partition: Int, replication: Replication, store: PartitionStore) async throws -> KVResult {
         switch op {
         case .get(let key):
-            _ = try await replication.readPermission(partition: partition)
+            try await replication.readPermissionCaughtUp(partition: partition)
             return .value(try await store.value(for: key))
         case .scan(_, let prefix, let limit):
-            _ = try await replication.readPermission(partition: partition)
+            try await replication.readPermissionCaughtUp(partition: partition)
             return .entries(try await store.scan(partition: partition, prefix: prefix, limit: limit))
         case .put(let key, let value):
-            _ = try await replication.propose(.put(key: key, value: value), partition: partition)
+            // Answered once committed (durable on a majority): a put's apply cannot refuse it,
+            // and reads wait until it is applied (readPermissionCaughtUp).
+            _ = try await replication.propose(.put(key: key, value: value), partition: partition, resolve: .committed(refused: {}))
             return .done(existed: true)
         case .delete(let key):
             let applied = try await replication.propose(.delete(key: key), partition: partition)
@@ -261,7 +264,8 @@ enum KeyValueForwarding {
     }
 
     /// The forwarded writes of one call frame, proposed in one turn on the replication actor;
-    /// each answer goes to `answer` (with its call's id) as soon as its entry is applied.
+    /// each answer goes to `answer` (with its call's id) as soon as its entry is committed
+    /// (a put) or applied (a delete, whose answer says whether the key was there).
     static func serve(writes: [(id: UInt64, op: KVOperation)], cluster: ClusterHandle,
                       answer: @escaping @Sendable (UInt64, [UInt8]) -> Void) async {
         guard let replication = cluster.replication else {
@@ -269,12 +273,12 @@ enum KeyValueForwarding {
             return
         }
         let count = replication.partitionCount
-        var commands: [(command: PartitionCommand, partition: Int)] = []
+        var commands: [(command: PartitionCommand, partition: Int, atCommit: Bool)] = []
         commands.reserveCapacity(writes.count)
         for w in writes {
             switch w.op {
-            case .put(let key, let value): commands.append((.put(key: key, value: value), w.op.partition(count: count)))
-            case .delete(let key): commands.append((.delete(key: key), w.op.partition(count: count)))
+            case .put(let key, let value): commands.append((.put(key: key, value: value), w.op.partition(count: count), true))
+            case .delete(let key): commands.append((.delete(key: key), w.op.partition(count: count), false))
             case .get, .scan: preconditionFailure("only writes are proposed together")
             }
         }

@@ -241,7 +241,9 @@ actor Replication {
     /// (called on this actor, with the command's position) once applied here, or at once if
     /// it cannot be proposed: for writes forwarded by other nodes, which then need no task
     /// and no turn of their own here.
-    func propose(_ commands: [(command: PartitionCommand, partition: Int)],
+    /// A command with `atCommit` is answered as soon as it is committed, as with
+    /// ``Resolution/committed(refused:)``: only for commands whose apply cannot refuse them.
+    func propose(_ commands: [(command: PartitionCommand, partition: Int, atCommit: Bool)],
                  done: @escaping @Sendable (Int, Result<AppliedEntry, any Error>) -> Void) {
         let deadline = clock.now + waitLimit
         let t = now
@@ -255,7 +257,12 @@ actor Replication {
                 done(i, .failure(ReplicationError.notLeader(partition: item.partition, leader: g.role == .leader ? nil : g.leader)))
                 continue
             }
-            waiters[WaiterKey(partition: item.partition, index: index)] = Waiter(term: term, deadline: deadline, resume: { done(i, $0) })
+            var waiter = Waiter(term: term, deadline: deadline, resume: { done(i, $0) })
+            if item.atCommit {
+                waiter.refused = {}
+                answerAtCommit[item.partition, default: []].append(index)
+            }
+            waiters[WaiterKey(partition: item.partition, index: index)] = waiter
         }
         pumpSoon()
     }
@@ -280,6 +287,14 @@ actor Replication {
         guard owns(partition: p) else { return false }
         try await caughtUp(partition: p)
         return owns(partition: p)
+    }
+
+    /// Whether this node may serve a read of `partition` now (``readPermission(partition:)``),
+    /// then waits until what it has answered there at commit is applied: a read then sees
+    /// every write acknowledged before it.
+    func readPermissionCaughtUp(partition p: Int) async throws {
+        _ = try readPermission(partition: p)
+        try await caughtUp(partition: p)
     }
 
     /// Waits until every entry of `partition` whose writer was answered at commit is applied
