@@ -326,7 +326,7 @@ def main():
         print(f"| fsyncs per write (3 nodes together) | {per_write:.3f} | – | < 3 (group commit beats one per write per node) |")
         print(f"| fsync floor, one row per commit | {floor:,.0f} commits/s | | |")
         print(f"| SIGKILL of a leader → its partitions take writes again | max {max(kills) * 1000:.0f} ms, median {statistics.median(kills) * 1000:.0f} ms over {len(kills)} | | < 1.5 s |")
-        print(f"| ratio writes/s Skein / dqlite | " + (f"{rate / dq[0]:.2f}" if dq else "–") + " | | ≥ 1 |")
+        print(f"| ratio writes/s Skein / dqlite | " + (f"{rate / dq[0]:.3f}" if dq else "–") + " | | ≥ 1 |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -111,7 +111,8 @@ actor PeerConnection {
     /// hop there and back first. A write that fails, or is not done within the call timeout
     /// (a peer that stopped reading), closes the stream; the next send opens a new one and Raft
     /// resends what matters. Frames are numbered in the order of the calls: one caller at a
-    /// time (Replication sends to a peer from one task).
+    /// time (Replication, from its own turns while the stream is open, else from the one task
+    /// that opens it).
     nonisolated func sendRaft(_ payload: [UInt8], partitionCount: Int) async throws {
         if trySendRaft(payload) { return }
         try await openRaftStream(partitionCount: partitionCount)
