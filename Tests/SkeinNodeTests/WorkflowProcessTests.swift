@@ -242,6 +242,17 @@ final class LedgerServer: Sendable {
         let leads = Dictionary(grouping: view.partitions.compactMap(\.leader), by: { $0 }).mapValues(\.count)
         let victimName = try #require(leads.max { $0.value < $1.value }?.key)
         let victim = try #require(nodes.first { $0.name == victimName })
+        // Under a loaded suite the starts can take longer than an instance's run, so wait (up
+        // to 30 s) until the victim is mid-way through some instance: its steps started there
+        // and not all are done. Then the kill really interrupts work in flight.
+        let waitStart = ContinuousClock.now
+        while ContinuousClock.now - waitStart < .seconds(30) {
+            let midway = Dictionary(grouping: ledger.all, by: \.instance).values.contains { calls in
+                calls.contains { $0.node == victimName } && Set(calls.map(\.step)).count < steps
+            }
+            if midway { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
         let iso = ISO8601DateFormatter()
         iso.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         let killedAt = iso.string(from: Date())
