@@ -6,7 +6,7 @@ In one run, on one disk:
   2. ROUNDS alternating rounds of SECONDS each, every round on a fresh 3-node cluster (nothing
      of the other system running meanwhile):
      - Skein: h2load (HTTP/1.1, one PUT in flight per connection) with 64 connections spread
-       over the three nodes, each PUT a different key: acknowledged writes/s, p50/p99 over
+       over the three nodes, cycling through 2,000 keys per node: acknowledged writes/s, p50/p99 over
        every request (h2load's per-request log), fsyncs (group commits) per write;
      - dqlite (dqlite-demo, Debian's go-dqlite), 3 nodes, the same load on its `PUT /key`.
      The machine's speed drifts by 10-20% within a minute on shared hosts; alternating short

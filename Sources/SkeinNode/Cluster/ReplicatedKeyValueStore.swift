@@ -97,10 +97,10 @@ struct ReplicatedKeyValueStore: KeyValueStore {
     static func local(_ op: KVOperation, partition: Int, replication: Replication, store: PartitionStore) async throws -> KVResult {
         switch op {
         case .get(let key):
-            try await replication.readPermissionCaughtUp(partition: partition)
+            try await readable(partition, key: key, replication: replication)
             return .value(try await store.value(for: key))
         case .scan(_, let prefix, let limit):
-            try await replication.readPermissionCaughtUp(partition: partition)
+            try await readable(partition, key: prefix, replication: replication)
             return .entries(try await store.scan(partition: partition, prefix: prefix, limit: limit))
         case .put(let key, let value):
             // Answered once committed (durable on a majority): a put's apply cannot refuse it,
@@ -110,6 +110,18 @@ struct ReplicatedKeyValueStore: KeyValueStore {
         case .delete(let key):
             let applied = try await replication.propose(.delete(key: key), partition: partition)
             return .done(existed: applied.existed)
+        }
+    }
+
+    /// Waits until this node may serve a read of `partition` that sees every acknowledged
+    /// write (``Replication/readPermissionCaughtUp(partition:)``). A wait that runs out is a
+    /// read that could not be served, not a write of unknown outcome.
+    static func readable(_ partition: Int, key: String, replication: Replication) async throws {
+        do {
+            try await replication.readPermissionCaughtUp(partition: partition)
+        } catch ReplicationError.timedOut(let p) {
+            throw SkeinError(code: 503, what: "read_timed_out", key: key,
+                             message: "partition \(p) did not apply its acknowledged writes in time to serve this read; retry")
         }
     }
 
