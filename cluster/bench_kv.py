@@ -3,14 +3,16 @@
 
 In one run, on one disk:
   1. the fsync floor: SQLite WAL, synchronous=FULL, one row per commit (Python's sqlite3);
-  2. ROUNDS alternating rounds of SECONDS each, every round on a fresh 3-node cluster (nothing
-     of the other system running meanwhile):
+  2. ROUNDS rounds of SECONDS each, every round on a fresh 3-node cluster of each system in
+     turn (nothing of the other system running meanwhile; Skein first in odd rounds, dqlite
+     first in even ones):
      - Skein: h2load (HTTP/1.1, one PUT in flight per connection) with 64 connections spread
        over the three nodes, cycling through 2,000 keys per node: acknowledged writes/s, p50/p99 over
        every request (h2load's per-request log), fsyncs (group commits) per write;
      - dqlite (dqlite-demo, Debian's go-dqlite), 3 nodes, the same load on its `PUT /key`.
      The machine's speed drifts by 10-20% within a minute on shared hosts; alternating short
-     rounds cancels most of it, and the spread of the per-round ratios is printed.
+     rounds cancels most of it; the spread of the per-round ratios and a 95% interval of the
+     ratio are printed.
   3. failover: a writer per partition through a surviving node while the node leading the
      most partitions is SIGKILLed; the time from the kill until each of its partitions takes
      a write again (max over its partitions), repeated.
@@ -19,6 +21,7 @@ Usage: bench_kv.py SKEIN_BIN [SECONDS] [KILLS] [ROUNDS]
 """
 import http.client
 import json
+import math
 import os
 import shutil
 import signal
@@ -37,7 +40,7 @@ from bench_nodes import Nodes  # noqa: E402
 BIN = sys.argv[1]
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 KILLS = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-ROUNDS = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+ROUNDS = int(sys.argv[4]) if len(sys.argv) > 4 else 4
 CONNECTIONS = 64
 PARTITIONS = 16
 VALUE = b"v" * 100
@@ -224,6 +227,20 @@ def failover(cluster, rounds):
     return results
 
 
+def interval(ratios):
+    """A 95% confidence interval of the ratio from paired rounds' ratios (Student's t over their
+    logarithms); (None, None) from a single round."""
+    n = len(ratios)
+    if n < 2:
+        return None, None
+    logs = [math.log(r) for r in ratios]
+    mean = sum(logs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
+    t = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228][n - 2] if n <= 11 else 2.0
+    h = t * sd / math.sqrt(n)
+    return math.exp(mean - h), math.exp(mean + h)
+
+
 def dqlite_round(workdir, base, r):
     """One round on a fresh 3-node dqlite cluster; a Load, or None without dqlite-demo."""
     if not shutil.which("dqlite-demo"):
@@ -284,14 +301,19 @@ def main():
 
         skein_loads, dq_loads, commits = [], [], 0
         for r in range(ROUNDS):
-            load, c = skein_round(work, r)
-            skein_loads.append(load)
-            commits += c
-            print(f"  round {r + 1} skein:  {load.rate:,.0f} acknowledged writes/s, p50 {load.pct(0.5):.1f} ms, p99 {load.pct(0.99):.1f} ms, {load.failed} failed", file=sys.stderr)
-            d = dqlite_round(work, 22000, r)
-            if d:
-                dq_loads.append(d)
-                print(f"  round {r + 1} dqlite: {d.rate:,.0f} acknowledged writes/s, p50 {d.pct(0.5):.1f} ms, p99 {d.pct(0.99):.1f} ms, {d.failed} failed", file=sys.stderr)
+            # Skein first in odd rounds, dqlite first in even ones: neither always runs on the
+            # machine the other just warmed or tired.
+            for who in (("skein", "dqlite") if r % 2 == 0 else ("dqlite", "skein")):
+                if who == "skein":
+                    load, c = skein_round(work, r)
+                    skein_loads.append(load)
+                    commits += c
+                    print(f"  round {r + 1} skein:  {load.rate:,.0f} acknowledged writes/s, p50 {load.pct(0.5):.1f} ms, p99 {load.pct(0.99):.1f} ms, {load.failed} failed", file=sys.stderr)
+                else:
+                    d = dqlite_round(work, 22000, r)
+                    if d:
+                        dq_loads.append(d)
+                        print(f"  round {r + 1} dqlite: {d.rate:,.0f} acknowledged writes/s, p50 {d.pct(0.5):.1f} ms, p99 {d.pct(0.99):.1f} ms, {d.failed} failed", file=sys.stderr)
         sk = Load.merged(skein_loads)
         rate, p50, p99, failed, command = sk.rate, sk.pct(0.5), sk.pct(0.99), sk.failed, sk.command
         per_write = commits / sk.ok if sk.ok else float("nan")
@@ -305,7 +327,9 @@ def main():
             ratios = [a.rate / b.rate for a, b in zip(skein_loads, dq_loads) if b.rate > 0]
             print(f"dqlite, {ROUNDS} rounds of {SECONDS} s: {d.rate:,.0f} acknowledged writes/s, p50 {dq[1]:.1f} ms, p99 {dq[2]:.1f} ms, {d.failed} failed", file=sys.stderr)
             if ratios:
-                print(f"  per-round ratios Skein/dqlite from {min(ratios):.2f} to {max(ratios):.2f}", file=sys.stderr)
+                low, high = interval(ratios)
+                print(f"  per-round ratios Skein/dqlite from {min(ratios):.2f} to {max(ratios):.2f}"
+                      + (f"; 95% interval of the ratio {low:.3f}–{high:.3f}" if low else ""), file=sys.stderr)
         else:
             print("dqlite: dqlite-demo not installed (apt-get install go-dqlite)", file=sys.stderr)
 
@@ -326,7 +350,9 @@ def main():
         print(f"| fsyncs per write (3 nodes together) | {per_write:.3f} | – | < 3 (group commit beats one per write per node) |")
         print(f"| fsync floor, one row per commit | {floor:,.0f} commits/s | | |")
         print(f"| SIGKILL of a leader → its partitions take writes again | max {max(kills) * 1000:.0f} ms, median {statistics.median(kills) * 1000:.0f} ms over {len(kills)} | | < 1.5 s |")
-        print(f"| ratio writes/s Skein / dqlite | " + (f"{rate / dq[0]:.3f}" if dq else "–") + " | | ≥ 1 |")
+        low, high = interval([a.rate / b.rate for a, b in zip(skein_loads, dq_loads) if b.rate > 0]) if dq else (None, None)
+        print(f"| ratio writes/s Skein / dqlite | " + (f"{rate / dq[0]:.3f}" if dq else "–")
+              + (f" (95% interval {low:.3f}–{high:.3f})" if low else "") + " | | ≥ 1 |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
