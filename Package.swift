@@ -170,6 +170,7 @@ let package = Package(
                 "SkeinExamples",
                 "SkeinStore",
                 "skein",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

@@ -9,7 +9,13 @@ public final class NodeDatabase: Sendable {
 
     /// Opens (creating if needed) the database in `directory`. Every failure is a
     /// ``StoreError`` with one line a person can act on.
-    public init(directory: String) throws(StoreError) {
+    public convenience init(directory: String) throws(StoreError) {
+        try self.init(directory: directory, migratingUpTo: nil)
+    }
+
+    /// With `migratingUpTo`, the schema stops at that migration: tests build a database as an
+    /// older node left it.
+    init(directory: String, migratingUpTo last: String?) throws(StoreError) {
         var isDirectory: ObjCBool = false
         let fm = FileManager.default
         if fm.fileExists(atPath: directory, isDirectory: &isDirectory) {
@@ -31,7 +37,7 @@ public final class NodeDatabase: Sendable {
             // GRDB sets synchronous=NORMAL while it sets up WAL; durability here means an fsync
             // per commit, so set FULL on the writer connection after opening.
             try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
-            try Self.migrator.migrate(pool)
+            if let last { try Self.migrator.migrate(pool, upTo: last) } else { try Self.migrator.migrate(pool) }
         } catch {
             throw StoreError.unusableDirectory(directory, "cannot open \(path) (\(Self.reason(error)))")
         }
@@ -112,6 +118,22 @@ public final class NodeDatabase: Sendable {
                 );
                 CREATE INDEX wf_timeline_instance ON wf_timeline (instance, seq);
                 CREATE INDEX wf_timeline_partition ON wf_timeline (partition);
+                """)
+        }
+        // Keyed by (partition, key): every apply writes one B-tree instead of the table and an
+        // index by partition, and a partition's keys stay together for its snapshot and scans.
+        // A key belongs to one partition only (a stable hash), so the key stays unique.
+        migrator.registerMigration("v4: key-value by partition") { db in
+            try db.execute(sql: """
+                CREATE TABLE rkv_by_partition (
+                    partition INTEGER NOT NULL,
+                    key TEXT NOT NULL,
+                    value BLOB NOT NULL,
+                    PRIMARY KEY (partition, key)
+                ) WITHOUT ROWID;
+                INSERT INTO rkv_by_partition (partition, key, value) SELECT partition, key, value FROM rkv;
+                DROP TABLE rkv;
+                ALTER TABLE rkv_by_partition RENAME TO rkv;
                 """)
         }
         return migrator

@@ -337,10 +337,10 @@ public final class PartitionStore: Sendable {
                        epoch: UInt64(row["epoch"] as Int64), state: Array(row["state"] as Data))
     }
 
-    /// A key's value in the materialized table (what this node has applied).
-    public func value(for key: String) async throws -> [UInt8]? {
+    /// A key's value in the materialized table of its partition (what this node has applied).
+    public func value(for key: String, partition: Int) async throws -> [UInt8]? {
         try await database.pool.read { db in
-            try Data.fetchOne(db, sql: "SELECT value FROM rkv WHERE key = ?", arguments: [key]).map { Array($0) }
+            try Data.fetchOne(db, sql: "SELECT value FROM rkv WHERE partition = ? AND key = ?", arguments: [partition, key]).map { Array($0) }
         }
     }
 
@@ -394,8 +394,8 @@ public final class PartitionStore: Sendable {
         var appliedIndex = UInt64(row[0])
         var appliedTerm = UInt64(row[1])
         var results: [AppliedEntry] = []
-        let put = try db.cachedStatement(sql: "INSERT INTO rkv (key, partition, value) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value, partition = excluded.partition")
-        let delete = try db.cachedStatement(sql: "DELETE FROM rkv WHERE key = ?")
+        let put = try db.cachedStatement(sql: "INSERT INTO rkv (key, partition, value) VALUES (?, ?, ?) ON CONFLICT(partition, key) DO UPDATE SET value = excluded.value")
+        let delete = try db.cachedStatement(sql: "DELETE FROM rkv WHERE partition = ? AND key = ?")
         for e in entries {
             guard e.index == appliedIndex + 1 else {
                 throw PartitionStoreError.applyOutOfOrder(partition: partition, index: e.index, applied: appliedIndex)
@@ -412,7 +412,7 @@ public final class PartitionStore: Sendable {
                 case .put(let key, let value):
                     try put.run(.text(key), .int(Int64(partition)), .blob(value))
                 case .delete(let key):
-                    try delete.run(.text(key))
+                    try delete.run(.int(Int64(partition)), .text(key))
                     existed = db.changesCount > 0
                 case .instance(let change):
                     conflict = !(try applyInstance(db, partition: partition, epoch: e.term, change))
@@ -433,7 +433,7 @@ public final class PartitionStore: Sendable {
 
     static func install(_ db: Database, partition: Int, meta: RaftSnapshotMeta, data: [UInt8]) throws {
         try db.execute(sql: "DELETE FROM rkv WHERE partition = ?", arguments: [partition])
-        let insert = try db.cachedStatement(sql: "INSERT INTO rkv (key, partition, value) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value, partition = excluded.partition")
+        let insert = try db.cachedStatement(sql: "INSERT INTO rkv (key, partition, value) VALUES (?, ?, ?) ON CONFLICT(partition, key) DO UPDATE SET value = excluded.value")
         var r = WireReader(bytes: data)
         let count = try r.count("key count", max: Int.max)
         for _ in 0..<count {

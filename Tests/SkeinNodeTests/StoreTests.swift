@@ -1,6 +1,7 @@
 import Foundation
+import GRDB
 import SkeinPipeline
-import SkeinStore
+@testable import SkeinStore
 import Testing
 
 @Suite struct StoreTests {
@@ -12,6 +13,28 @@ import Testing
         let kv = LocalKeyValueStore(database: db)
         for i in 0..<10 { try await kv.put("k\(i)", Data("v".utf8)) }
         #expect(try db.synchronousMode() == 2)
+    }
+
+    /// A database an older node left, its replicated key-value rows keyed by key alone with an
+    /// index by partition, opens with every row in place, now keyed by (partition, key).
+    @Test func replicatedRowsSurviveTheMoveToPartitionKeys() async throws {
+        let directory = temporaryDirectory()
+        do {
+            let old = try NodeDatabase(directory: directory, migratingUpTo: "v3: workflows")
+            try await old.pool.write { db in
+                try db.execute(sql: "INSERT INTO rkv (key, partition, value) VALUES ('a', 3, x'01'), ('b', 3, x'02'), ('c', 5, x'03')")
+            }
+        }
+        let database = try NodeDatabase(directory: directory)
+        let store = try PartitionStore(database: database, partitions: 16)
+        #expect(try await store.value(for: "a", partition: 3) == [1])
+        #expect(try await store.value(for: "c", partition: 5) == [3])
+        #expect(try await store.value(for: "a", partition: 5) == nil, "a key is looked up in its own partition")
+        #expect(try await store.scan(partition: 3, prefix: "", limit: 10).map(\.0) == ["a", "b"])
+        let indexes = try await database.pool.read { db in
+            try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'rkv'")
+        }
+        #expect(indexes.isEmpty, "one B-tree per write: no index beside the table")
     }
 
     @Test func keyValueOperations() async throws {

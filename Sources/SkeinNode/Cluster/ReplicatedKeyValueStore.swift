@@ -98,7 +98,7 @@ struct ReplicatedKeyValueStore: KeyValueStore {
         switch op {
         case .get(let key):
             try await readable(partition, key: key, replication: replication)
-            return .value(try await store.value(for: key))
+            return .value(try await store.value(for: key, partition: partition))
         case .scan(_, let prefix, let limit):
             try await readable(partition, key: prefix, replication: replication)
             return .entries(try await store.scan(partition: partition, prefix: prefix, limit: limit))
