@@ -12,11 +12,11 @@ struct RaftHarness {
     var stored: [RaftNodeID: RaftStoredState] = [:]
     let config: RaftConfig
 
-    init(_ ids: [RaftNodeID], learners: [RaftNodeID] = [], config: RaftConfig = RaftConfig()) {
+    init(_ ids: [RaftNodeID], learners: [RaftNodeID] = [], config: RaftConfig = RaftConfig(), seed: UInt64 = 0) {
         self.config = config
         let configuration = RaftConfiguration(voters: ids, learners: learners)
         for (i, id) in (ids + learners).enumerated() {
-            nodes[id] = Raft(id: id, partition: 0, stored: .fresh(configuration), config: config, seed: UInt64(i + 1), now: now)
+            nodes[id] = Raft(id: id, partition: 0, stored: .fresh(configuration), config: config, seed: seed &* 1_000 &+ UInt64(i + 1), now: now)
             stored[id] = .fresh(configuration)
         }
     }
@@ -310,6 +310,41 @@ struct RaftTests {
         // With the report: a new leader by E + E/5 (+ a round trip) after the last heartbeat.
         // Without it the election timeout is drawn from [E, 2E), so only sometimes that early.
         #expect(cluster(reported: true).count == 1)
+    }
+
+    @Test("the survivors of a leader reported down campaign in turn: one election, never a split vote")
+    func survivorsTakeTurns() {
+        // Both survivors hear of the death at the same instant. Campaigning at random within
+        // the same 10 ms tick, both would vote for themselves and wait out a whole election
+        // timeout; in turn, the first wins the term after the dead leader's.
+        var splits = 0
+        for seed in UInt64(1)...60 {
+            var h = RaftHarness(three, seed: seed)
+            h.run(for: .seconds(2))
+            let old = h.leaders[0]
+            let term = h.raft(old).term
+            h.isolate(old)
+            h.run(for: .milliseconds(300))
+            for id in three where id != old { h.raft(id).peerIsDown(old, now: h.now) }
+            h.run(for: .milliseconds(280))
+            let leaders = h.leaders.filter { $0 != old }
+            if leaders.count != 1 || h.raft(leaders[0]).term != term + 1 { splits += 1 }
+        }
+        #expect(splits == 0, "\(splits) of 60 failovers needed more than one election")
+    }
+
+    @Test("the order of succession is the same on every node and varies with the term")
+    func successionOrder() {
+        let survivors = ["n1:7001", "n3:7003"]
+        var first: [RaftNodeID: Int] = [:]
+        for term in UInt64(1)...64 {
+            let turns = survivors.map { Raft.successionTurn(of: $0, among: survivors, term: term) }
+            #expect(Set(turns) == [0, 1])
+            #expect(turns == survivors.map { Raft.successionTurn(of: $0, among: survivors.reversed(), term: term) })
+            first[survivors[turns.firstIndex(of: 0)!], default: 0] += 1
+        }
+        // Each survivor goes first for a fair share of the partitions.
+        #expect(first.values.allSatisfy { $0 >= 16 }, "\(first)")
     }
 
     @Test("a restarted node keeps its vote promise for an election timeout")

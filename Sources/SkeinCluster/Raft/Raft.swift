@@ -52,8 +52,9 @@ public final class Raft {
     private var quorumCheckDue: Duration = .zero
     /// Until when this node has promised not to vote for anyone but its leader.
     private var promiseUntil: Duration
-    /// Set by ``peerIsDown(_:now:)`` for the leader: campaign as soon as the promise ends
-    /// (plus a little jitter, so the followers do not all split the vote).
+    /// Set by ``peerIsDown(_:now:)`` for the leader: campaign as soon as the promise ends,
+    /// the followers one after another in an order they all compute alike (so they do not
+    /// split the vote), plus a little jitter.
     private var leaderReportedDown = false
     private var fastElectionAt: Duration = .zero
 
@@ -217,10 +218,32 @@ public final class Raft {
     public func peerIsDown(_ peer: RaftNodeID, now: Duration) {
         if role == .follower, leader == peer, !leaderReportedDown {
             leaderReportedDown = true
-            let spread = config.electionTimeout / 5
-            fastElectionAt = max(now, promiseUntil) + .nanoseconds(Int64(random.below(Int(spread.nanosecondCount))))
+            // Followers that all campaigned within one vote's round trip would each vote for
+            // themselves and wait out a whole election timeout. Each takes its turn instead,
+            // a fifth of the timeout apart: the first at once, the next only if the first has
+            // not won by then (its log was behind, say).
+            let step = config.electionTimeout / 5
+            let turn = Self.successionTurn(of: id, among: configuration.voters.filter { $0 != peer }, term: term)
+            let jitter = Duration.nanoseconds(Int64(random.below(Int((step / 5).nanosecondCount))))
+            fastElectionAt = max(now, promiseUntil) + step * turn + jitter
             tick(now: now)
         }
+    }
+
+    /// This voter's place in the order in which the survivors of a dead leader campaign:
+    /// the same on every node (a hash of the term and the voters' ids, no randomness), and
+    /// different from one term to the next, so the dead leader's partitions go to different
+    /// survivors.
+    public static func successionTurn(of id: RaftNodeID, among voters: [RaftNodeID], term: UInt64) -> Int {
+        func rank(_ voter: RaftNodeID) -> UInt64 {
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            for byte in withUnsafeBytes(of: term.littleEndian, Array.init) + Array(voter.utf8) {
+                hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
+            }
+            return hash
+        }
+        let order = voters.sorted { (rank($0), $0) < (rank($1), $1) }
+        return order.firstIndex(of: id) ?? order.count
     }
 
     /// Appends a command if this node leads (and is not handing leadership over). Returns
