@@ -22,7 +22,11 @@ public final class Raft {
     public private(set) var role: RaftRole = .follower
     public private(set) var term: UInt64
     public private(set) var vote: RaftNodeID?
-    public private(set) var leader: RaftNodeID?
+    public private(set) var leader: RaftNodeID? {
+        didSet { if let leader { lastLeader = leader } }
+    }
+    /// The leader this node last knew (kept through its own campaigns).
+    private var lastLeader: RaftNodeID?
     public private(set) var commit: UInt64
     /// The last index the shell has applied (reported through ``advance(_:)``).
     public private(set) var applied: UInt64
@@ -192,7 +196,10 @@ public final class Raft {
             }
         case .follower, .preCandidate, .candidate:
             guard configuration.isVoter(id) else { return }
-            if now >= electionDeadline || (leaderReportedDown && now >= promiseUntil && now >= fastElectionAt) {
+            // Once the leader is reported down this node waits for its turn, even past its
+            // own election timeout: campaigning then would race the survivor whose turn it is.
+            let due = leaderReportedDown ? now >= promiseUntil && now >= fastElectionAt : now >= electionDeadline
+            if due {
                 campaign(preVote: true, transferTerm: nil, now: now)
             }
         }
@@ -208,15 +215,21 @@ public final class Raft {
             return next
         case .follower, .preCandidate, .candidate:
             guard configuration.isVoter(id) else { return nil }
-            if leaderReportedDown { return min(electionDeadline, max(promiseUntil, fastElectionAt)) }
+            if leaderReportedDown { return max(promiseUntil, fastElectionAt) }
             return electionDeadline
         }
     }
 
-    /// Membership says `peer` is dead. If it is this follower's leader, campaign as soon as
-    /// the vote promise made to it runs out instead of waiting for the election timeout.
+    /// Membership says `peer` is dead. If it is this follower's leader (or was, and the
+    /// election since has found no winner), campaign as soon as the vote promise made to it
+    /// runs out, in turn with the other survivors, instead of waiting for the election timeout.
     public func peerIsDown(_ peer: RaftNodeID, now: Duration) {
-        if role == .follower, leader == peer, !leaderReportedDown {
+        // A follower of `peer`; or a campaign without a winner since `peer` led (two
+        // survivors whose election timeouts fired together split the vote, and would each
+        // wait out another timeout).
+        let follows = role == .follower && leader == peer
+        let leaderless = (role == .preCandidate || role == .candidate) && leader == nil && lastLeader == peer
+        if follows || leaderless, configuration.isVoter(id), !leaderReportedDown {
             leaderReportedDown = true
             // Followers that all campaigned within one vote's round trip would each vote for
             // themselves and wait out a whole election timeout. Each takes its turn instead,
@@ -718,7 +731,10 @@ public final class Raft {
             sendAppend(to: peer, now: now)
             return
         }
-        if index > pr.match {
+        // A probe answered at what is matched already (the match having moved meanwhile, from a
+        // heartbeat's commit index) ends the probing too: else every such answer, and every
+        // duplicate of one, would send another probe and get another answer, without end.
+        if index > pr.match || (index == pr.match && pr.state == .probe) {
             pr.match = index
             pr.next = max(pr.next, index + 1)
             pr.inflight.removeAll { $0 <= index }

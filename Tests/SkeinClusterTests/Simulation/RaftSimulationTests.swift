@@ -72,6 +72,17 @@ struct RaftSimulationTests {
         return o
     }
 
+    @Test("seed 1796195465576064 stays quiet: a probe answered at the match ends the probing")
+    func probeAnsweredAtTheMatch() {
+        // Found by a time-seeded run: a follower's match moved to its commit index by a
+        // heartbeat answer while it was being probed; every answer at that match, and every
+        // duplicate of one, then sent another probe, past 2,000,000 events.
+        var sim = RaftSimulator(seed: 1_796_195_465_576_064)
+        let report = sim.run()
+        #expect(report == nil, "\(report ?? "")")
+        #expect(sim.eventsRun < 100_000)
+    }
+
     @Test("the same seed replays the same run")
     func replay() {
         var a = RaftSimulator(seed: 7)
