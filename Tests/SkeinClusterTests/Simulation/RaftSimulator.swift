@@ -588,7 +588,11 @@ struct RaftSimulator {
                     }
                     if wasLeader[i][p] != term {
                         wasLeader[i][p] = term
-                        for a in acks[p] where a.index > g.snapshotMeta.index {
+                        // Leader completeness binds leaders of later terms: a candidate of an
+                        // older term may still win it (paused mid-election, it counts the votes
+                        // of that term on waking) and lack what a newer term committed; it
+                        // cannot commit, nor hold a lease, since the voters have moved on.
+                        for a in acks[p] where a.index > g.snapshotMeta.index && a.term <= g.term {
                             if g.term(at: a.index) != a.term {
                                 failure = "acknowledged write p\(p) \(a.index)/\(a.term) missing from new leader \(g.id) term \(g.term)"
                                 return
