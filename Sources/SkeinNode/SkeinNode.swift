@@ -108,14 +108,17 @@ public final class SkeinNode: Service, Sendable {
             traces: traces, settings: settings, tracer: tracer, tracing: !(tracer is NoOpTracer), logger: logger,
             requests: Counter(label: "skein_requests_total"), failures: Counter(label: "skein_requests_failed_total"),
             latency: Metrics.Timer(label: "skein_request_duration"))
+        let dates = HTTPDates()
         let readiness = self.readiness
         let logger = self.logger
         let settings = self.settings
         let onServing = self.onServing
         let app = Application(
             responder: responder,
-            server: HTTPServerBuilder { responder in
-                DualProtocolChannel(responder: responder, configuration: HTTP2ChannelConfiguration(idleTimeout: .seconds(120)))
+            server: HTTPServerBuilder { hummingbird in
+                DualProtocolChannel(responder: hummingbird, configuration: HTTP2ChannelConfiguration(idleTimeout: .seconds(120))) {
+                    [EventLoopAnswers(responder: responder, dates: dates)]
+                }
             },
             configuration: ApplicationConfiguration(
                 address: .hostname(settings.listen.host, port: settings.listen.port), serverName: nil),

@@ -50,6 +50,52 @@ import Tracing
         #expect(head.body.isEmpty)
     }
 
+    /// Bodiless GETs are answered on the event loop (``EventLoopAnswers``), the rest by
+    /// Hummingbird's request task: HTTP/1.1's rules hold across the two.
+    @Test func http1FramingAcrossBothPaths() async throws {
+        let node = try await TestNode.start()
+        defer { Task { await node.stop() } }
+        @Sendable func count(_ text: String, _ part: String) -> Int { text.components(separatedBy: part).count - 1 }
+
+        // Pipelined: one that waits for an effect, then two answered at once, then one with a
+        // body (Hummingbird's): the answers come back in the order asked.
+        let get = { (path: String) in "GET \(path) HTTP/1.1\r\nHost: skein\r\n\r\n" }
+        let pipelined = try await node.raw(
+            get("/t/compute?ms=200") + get("/healthz") + get("/bench/pipeline?q=skein")
+                + "GET /v1/cluster HTTP/1.1\r\nHost: skein\r\nContent-Length: 5\r\n\r\nhello" + get("/nowhere")
+        ) { count($0, "HTTP/1.1 ") == 5 && $0.hasSuffix("}") }
+        #expect(!pipelined.closed)
+        let order = ["500500", "\r\n\r\nok", "digest ", "\"members\"", "route_not_found"].map { pipelined.text.range(of: $0)?.lowerBound }
+        #expect(order.allSatisfy { $0 != nil }, "\(pipelined.text)")
+        #expect(order.compactMap { $0 } == order.compactMap { $0 }.sorted(), "answers out of order: \(pipelined.text)")
+        #expect(count(pipelined.text.lowercased(), "\r\ndate: ") == 5)
+        #expect(count(pipelined.text.lowercased(), "\r\nskein-trace-id: ") == 5)
+        #expect(pipelined.text.lowercased().contains("content-length: 23\r\n"), "the pipeline's digest is 23 bytes")
+
+        // `connection: close` is honoured: the answer, then the end of the connection.
+        let closing = try await node.raw("GET /healthz HTTP/1.1\r\nHost: skein\r\nConnection: close\r\n\r\n") { _ in false }
+        #expect(closing.closed)
+        #expect(closing.text.hasPrefix("HTTP/1.1 200") && closing.text.hasSuffix("\r\n\r\nok\n"), "\(closing.text)")
+
+        // HEAD keeps GET's head without a body.
+        let head = try await node.raw("HEAD /healthz HTTP/1.1\r\nHost: skein\r\n\r\n" + get("/healthz")) { count($0, "HTTP/1.1 200") == 2 && $0.hasSuffix("ok\n") }
+        #expect(count(head.text, "\r\n\r\nok") == 1, "\(head.text)")
+    }
+
+    /// Several streams of one HTTP/2 connection, some answered on the event loop and one
+    /// waiting for an effect, each get their own answer.
+    @Test func http2StreamsAcrossBothPaths() async throws {
+        let node = try await TestNode.start()
+        defer { Task { await node.stop() } }
+        let out = try await run("nghttp", ["-v", node.base + "/t/compute?ms=100", node.base + "/healthz",
+                                           node.base + "/bench/pipeline?q=skein", node.base + "/nowhere"])
+        #expect(out.status == 0, "nghttp failed (is nghttp2-client installed?): \(out.output)")
+        #expect(out.output.components(separatedBy: ":status: 200").count - 1 == 3, "\(out.output)")
+        #expect(out.output.contains(":status: 404"))
+        #expect(out.output.contains("500500") && out.output.contains("digest "))
+        #expect(out.output.components(separatedBy: "date: ").count - 1 == 4)
+    }
+
     @Test func oversizedBodyIs413() async throws {
         let node = try await TestNode.start { $0.maxBodySize = 1000 }
         defer { Task { await node.stop() } }

@@ -23,7 +23,12 @@ struct DualProtocolChannel: ServerChildChannel {
     let http1: HTTP1Channel
     let http2: HTTP2Channel
 
-    init(responder: @escaping HTTPChannelHandler.Responder, configuration: HTTP2ChannelConfiguration) {
+    /// `handlers` makes the handlers that go between the HTTP codec and Hummingbird's request
+    /// handling, on each HTTP/1.1 connection and each HTTP/2 stream.
+    init(responder: @escaping HTTPChannelHandler.Responder, configuration: HTTP2ChannelConfiguration,
+         handlers: @escaping @Sendable () -> [any RemovableChannelHandler] = { [] }) {
+        var configuration = configuration
+        configuration.streamConfiguration.additionalChannelHandlers = handlers
         self.http1 = HTTP1Channel(responder: responder, configuration: configuration.streamConfiguration)
         self.http2 = HTTP2Channel(responder: responder, configuration: configuration)
     }

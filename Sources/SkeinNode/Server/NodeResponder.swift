@@ -30,22 +30,23 @@ struct NodeResponder: HTTPResponder {
     /// Answers without suspending whatever it can (the node's own routes, routing errors, a
     /// pipeline whose steps ask for no effect), so this function's task frame, allocated for
     /// every request, stays small; only what waits (a body, effects, replication) goes on in
-    /// ``answer(_:_:)``.
+    /// ``answer(_:_:)``. (Bodiless GETs do not come here: ``EventLoopAnswers`` answers them
+    /// on the connection's event loop, through the same two functions.)
     func respond(to request: Request, context: Context) async throws -> Hummingbird.Response {
         switch answerWithoutWaiting(request) {
-        case .answered(let response): return response
-        case .waits(let waiting): return await answer(request, waiting)
+        case .answered(let response): return Self.hummingbird(response, method: request.method)
+        case .waits(let waiting): return Self.hummingbird(await answer(request, waiting), method: request.method)
         }
     }
 
-    private enum Immediate {
-        case answered(Hummingbird.Response)
+    enum Immediate {
+        case answered(SkeinPipeline.Response)
         case waits(Waiting)
     }
 
     /// What a request that has to wait carries over.
-    private struct Waiting {
-        enum Kind {
+    struct Waiting: Sendable {
+        enum Kind: Sendable {
             case keyValue, workflows, voters
             case pipeline(Started, Pipeline, parameters: [String: String])
         }
@@ -56,7 +57,13 @@ struct NodeResponder: HTTPResponder {
         let query: String?
     }
 
-    private func answerWithoutWaiting(_ request: Request) -> Immediate {
+    /// Hummingbird's response for an answer (HEAD: the same head, no body).
+    static func hummingbird(_ response: SkeinPipeline.Response, method: HTTPRequest.Method) -> Hummingbird.Response {
+        let body = method == .head ? ByteBuffer() : ByteBuffer(data: response.body)
+        return Hummingbird.Response(status: response.status, headers: response.headers, body: ResponseBody(byteBuffer: body))
+    }
+
+    func answerWithoutWaiting(_ request: Request) -> Immediate {
         let arrival = ContinuousClock.now
         let incoming = request.headers[.traceparent].flatMap(TraceParent.init(header:))
         let traceID = incoming?.traceID ?? TraceParent.randomTraceID()
@@ -101,7 +108,7 @@ struct NodeResponder: HTTPResponder {
     }
 
     /// The requests that wait: for their body, their effects, or replication.
-    private func answer(_ request: Request, _ waiting: Waiting) async -> Hummingbird.Response {
+    func answer(_ request: Request, _ waiting: Waiting) async -> SkeinPipeline.Response {
         let path = waiting.path
         var traceID = waiting.traceID
         let response: SkeinPipeline.Response
@@ -135,8 +142,8 @@ struct NodeResponder: HTTPResponder {
         return finish(response, traceID: traceID, request: request, arrival: waiting.arrival)
     }
 
-    /// Every answer: its `skein-trace-id`, the request metrics, Hummingbird's response.
-    private func finish(_ response: SkeinPipeline.Response, traceID: String, request: Request, arrival: ContinuousClock.Instant) -> Hummingbird.Response {
+    /// Every answer: its `skein-trace-id`, the request metrics.
+    private func finish(_ response: SkeinPipeline.Response, traceID: String, request: Request, arrival: ContinuousClock.Instant) -> SkeinPipeline.Response {
         var response = response
         // A value new on every response: kept out of HTTP/2's header table (HPACK), which it
         // would only fill, making every later header lookup there slower.
@@ -146,8 +153,7 @@ struct NodeResponder: HTTPResponder {
         requests.increment()
         if response.status.code >= 500 { failures.increment() }
         latency.recordNanoseconds((ContinuousClock.now - arrival).nanoseconds)
-        let body = request.method == .head ? ByteBuffer() : ByteBuffer(data: response.body)
-        return Hummingbird.Response(status: response.status, headers: response.headers, body: ResponseBody(byteBuffer: body))
+        return response
     }
 
     /// A pipeline's steps, up to their first need, without suspending; a bodiless request
@@ -179,7 +185,7 @@ struct NodeResponder: HTTPResponder {
         }
     }
 
-    private enum Started {
+    enum Started: Sendable {
         case done(SkeinPipeline.Response, String)
         case needsBody(Begun)
         case suspended(Begun, PipelineRunner.Suspended)
@@ -212,7 +218,7 @@ struct NodeResponder: HTTPResponder {
     }
 
     /// A pipeline request under way: its timeline, its server span, the trace it belongs to.
-    private struct Begun {
+    struct Begun: Sendable {
         var timeline: Timeline
         var span: (any Span)?
         var traceID: String

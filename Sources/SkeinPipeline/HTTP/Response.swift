@@ -18,11 +18,18 @@ public struct Response: Sendable {
     static let jsonHeaders: HTTPFields = [.contentType: "application/json"]
 
     public static func text(_ text: String, status: HTTPResponse.Status = .ok) -> Response {
-        Response(status: status, headers: textHeaders, body: Data(text.utf8))
+        Response(status: status, headers: textHeaders, body: utf8(text))
     }
 
     public static func html(_ html: String, status: HTTPResponse.Status = .ok) -> Response {
-        Response(status: status, headers: htmlHeaders, body: Data(html.utf8))
+        Response(status: status, headers: htmlHeaders, body: utf8(html))
+    }
+
+    /// A string's UTF-8 bytes, copied in one go (`Data(string.utf8)` goes through the generic
+    /// sequence initializer, with dynamic casts, on every response).
+    static func utf8(_ string: String) -> Data {
+        var string = string
+        return string.withUTF8 { Data(buffer: $0) }
     }
 
     /// A JSON response; keys are sorted so bodies are stable.

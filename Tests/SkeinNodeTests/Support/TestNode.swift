@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOFoundationCompat
+import NIOPosix
 import ServiceLifecycle
 import SkeinExamples
 import SkeinNode
@@ -78,6 +79,36 @@ struct TestNode {
         var fields: [String: String] = [:]
         for h in response.headers { fields[h.name.lowercased()] = h.value }
         return TestResponse(status: Int(response.status.code), headers: fields, body: Data(buffer: bytes))
+    }
+
+    /// Bytes sent as they are on one TCP connection to the client port (for HTTP/1.1's framing:
+    /// pipelining, `connection: close`); reads until `done` says the answer is whole, or the
+    /// server closes the connection (`closed`), or 20 s pass (an error).
+    func raw(_ text: String, until done: @escaping @Sendable (String) -> Bool) async throws -> (text: String, closed: Bool) {
+        let port = port
+        return try await withThrowingTaskGroup(of: (text: String, closed: Bool).self) { group in
+            group.addTask {
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: "127.0.0.1", port: port) { channel in
+                        channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+                    }
+                return try await channel.executeThenClose { inbound, outbound in
+                    try await outbound.write(ByteBuffer(string: text))
+                    var received = ""
+                    for try await chunk in inbound {
+                        received += String(buffer: chunk)
+                        if done(received) { return (received, false) }
+                    }
+                    return (received, true)
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: .seconds(20))
+                throw TestError("no whole answer within 20 s")
+            }
+            defer { group.cancelAll() }
+            return try await group.next()!
+        }
     }
 }
 

@@ -1,0 +1,230 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTPTypes
+import SkeinPipeline
+import Synchronization
+
+/// Answers bodiless GETs on the connection's event loop, in the client port's pipeline (one per
+/// HTTP/1.1 connection, one per HTTP/2 stream), ahead of Hummingbird's request task.
+///
+/// Hummingbird hands every request to a task on Swift's concurrency pool and writes its answer
+/// back through the event loop: two thread hops a request. A bodiless GET that the node can
+/// answer without waiting (its own routes, routing errors, a pipeline whose steps ask for no
+/// effect) is answered here, by the same ``NodeResponder`` functions, with no hop at all; one
+/// that has to wait (effects, replication) runs in a task of its own and its answer is written
+/// from there. Every other request (a body, another method, `connection: close`) passes on to
+/// Hummingbird untouched.
+///
+/// HTTP/1.1 answers leave in the order of the requests: while one is owed (here or by
+/// Hummingbird, whose answer passes through this handler on its way out), the requests behind
+/// it wait here, and reading stops until they are taken. A graceful stop (the quiesce event)
+/// waits for an answer still being computed here, then goes on to Hummingbird's handler, which
+/// closes the connection once it is idle.
+final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    let responder: NodeResponder
+    let dates: HTTPDates
+    /// A GET's head, held until its end shows it has no body.
+    private var held: HTTPRequest?
+    /// The request being read passes on to Hummingbird (until its end).
+    private var passing = false
+    /// An answer is owed: the next request waits in `queue`.
+    private var owed = false
+    private var queue = CircularBuffer<HTTPRequestPart>()
+    /// The request under way is read whole and its answer is owed: what follows waits.
+    private var waiting: Bool { owed && !passing && held == nil }
+    private var readPending = false
+    /// An answer being computed off the loop.
+    private var answering = false
+    private var quiesce: Any?
+    private var unflushed = false
+    /// Between a read and its end, which flushes what the read's answers wrote.
+    private var reading = false
+    private var passedOutsideRead = false
+    private var removed = false
+
+    init(responder: NodeResponder, dates: HTTPDates) {
+        self.responder = responder
+        self.dates = dates
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        removed = true
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        reading = true
+        let part = unwrapInboundIn(data)
+        if !queue.isEmpty || waiting {
+            queue.append(part)
+            return
+        }
+        take(part, context: context)
+    }
+
+    /// One part of the request whose turn it is.
+    private func take(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        switch part {
+        case .head(let head):
+            owed = true
+            if head.method == .get, head.headerFields[.connection] == nil {
+                held = head
+            } else {
+                passing = true
+                pass(part, context: context)
+            }
+        case .body:
+            if let head = held {
+                held = nil
+                passing = true
+                pass(.head(head), context: context)
+            }
+            pass(part, context: context)
+        case .end:
+            if let head = held {
+                held = nil
+                answer(head, context: context)
+            } else {
+                passing = false
+                pass(part, context: context)
+            }
+        }
+    }
+
+    /// On to Hummingbird. (Its channel takes reads in at the read's end: parts passed on from
+    /// the queue, outside a read, are followed by a read's end of their own.)
+    private func pass(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        passedOutsideRead = passedOutsideRead || !reading
+        context.fireChannelRead(wrapInboundOut(part))
+    }
+
+    /// The answer owed has gone out: the requests that waited take their turns.
+    private func answered(context: ChannelHandlerContext) {
+        owed = false
+        while !waiting, let part = queue.popFirst() {
+            take(part, context: context)
+        }
+        if unflushed, !reading {
+            unflushed = false
+            context.flush()
+        }
+        if passedOutsideRead {
+            passedOutsideRead = false
+            context.fireChannelReadComplete()
+        }
+        if queue.isEmpty, readPending {
+            readPending = false
+            context.read()
+        }
+    }
+
+    private func answer(_ head: HTTPRequest, context: ChannelHandlerContext) {
+        let request = Request(head: head, body: RequestBody(buffer: ByteBuffer()))
+        switch responder.answerWithoutWaiting(request) {
+        case .answered(let response):
+            write(response, context: context)
+            answered(context: context)
+        case .waits(let waiting):
+            answering = true
+            let loop = context.eventLoop
+            let bound = NIOLoopBound((self, context), eventLoop: loop)
+            let responder = self.responder
+            Task {
+                let response = await responder.answer(request, waiting)
+                loop.execute {
+                    let (handler, context) = bound.value
+                    handler.answering = false
+                    guard !handler.removed else { return }
+                    handler.write(response, context: context)
+                    if let event = handler.quiesce {
+                        handler.quiesce = nil
+                        handler.flush(context: context)
+                        context.fireUserInboundEventTriggered(event)
+                    }
+                    handler.answered(context: context)
+                }
+            }
+        }
+    }
+
+    /// Writes one answer; the flush comes at the end of the read.
+    private func write(_ response: SkeinPipeline.Response, context: ChannelHandlerContext) {
+        var fields = response.headers
+        // No length on a 204 or 304 (RFC 9110), as Hummingbird does.
+        if response.status != .noContent, response.status != .notModified {
+            fields[.contentLength] = String(response.body.count)
+        }
+        fields[.date] = dates.now()
+        unflushed = true
+        context.write(wrapOutboundOut(.head(HTTPResponse(status: response.status, headerFields: fields))), promise: nil)
+        if !response.body.isEmpty {
+            context.write(wrapOutboundOut(.body(ByteBuffer(data: response.body))), promise: nil)
+        }
+        context.write(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    /// Hummingbird's answers pass here: the end of one lets the next request take its turn.
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        context.write(data, promise: promise)
+        if case .end = unwrapOutboundIn(data), owed, !answering {
+            answered(context: context)
+        }
+    }
+
+    /// Every flush (Hummingbird's too) takes this handler's writes along.
+    func flush(context: ChannelHandlerContext) {
+        unflushed = false
+        context.flush()
+    }
+
+    /// While requests wait their turn, reading more waits too.
+    func read(context: ChannelHandlerContext) {
+        if queue.isEmpty {
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        reading = false
+        if unflushed {
+            unflushed = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent, answering {
+            quiesce = event
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// The `date` header (RFC 9110's IMF-fixdate), formatted at most once a second.
+final class HTTPDates: Sendable {
+    private let cached = Mutex<(second: Int, text: String)>((-1, ""))
+
+    func now() -> String {
+        let second = time(nil)
+        if let text = cached.withLock({ $0.second == second ? $0.text : nil }) { return text }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        let text = formatter.string(from: Date(timeIntervalSince1970: TimeInterval(second)))
+        cached.withLock { $0 = (second, text) }
+        return text
+    }
+}
