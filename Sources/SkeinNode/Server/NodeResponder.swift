@@ -149,7 +149,11 @@ struct NodeResponder: HTTPResponder {
         // would only fill, making every later header lookup there slower.
         var traceField = HTTPField(name: .skeinTraceID, value: traceID)
         traceField.indexingStrategy = .avoid
-        response.headers[fields: .skeinTraceID] = [traceField]
+        if response.headers.contains(.skeinTraceID) {
+            response.headers[fields: .skeinTraceID] = [traceField]
+        } else {
+            response.headers.append(traceField)
+        }
         requests.increment()
         if response.status.code >= 500 { failures.increment() }
         latency.recordNanoseconds((ContinuousClock.now - arrival).nanoseconds)

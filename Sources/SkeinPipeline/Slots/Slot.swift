@@ -28,23 +28,42 @@ public struct SlotID: Hashable, Sendable, CustomStringConvertible {
 
 /// The per-request slot storage. Values keep their static type: each is read back with a
 /// checked cast to the slot's `Value`, never an unchecked one.
+///
+/// A request holds a handful of slots, so they live in one small array searched from the
+/// front: no hashing and one allocation, where a dictionary cost both on every request.
 public struct SlotValues: Sendable {
-    @usableFromInline var storage: [ObjectIdentifier: any Sendable] = [:]
+    @usableFromInline var entries: [Entry] = []
+
+    @usableFromInline struct Entry: Sendable {
+        @usableFromInline let key: ObjectIdentifier
+        @usableFromInline var value: any Sendable
+        @usableFromInline init(key: ObjectIdentifier, value: any Sendable) {
+            self.key = key
+            self.value = value
+        }
+    }
 
     public init() {}
 
     /// The slot's value, or nil if nothing has written it.
     @inlinable public func value<S: Slot>(of slot: S.Type) -> S.Value? {
-        guard let boxed = storage[ObjectIdentifier(slot)] else { return nil }
-        return boxed as? S.Value
+        let key = ObjectIdentifier(slot)
+        for entry in entries where entry.key == key { return entry.value as? S.Value }
+        return nil
     }
 
     @inlinable public mutating func set<S: Slot>(_ slot: S.Type, to value: S.Value) {
-        storage[ObjectIdentifier(slot)] = value
+        let key = ObjectIdentifier(slot)
+        if let i = entries.firstIndex(where: { $0.key == key }) {
+            entries[i].value = value
+        } else {
+            if entries.capacity == 0 { entries.reserveCapacity(4) }
+            entries.append(Entry(key: key, value: value))
+        }
     }
 
-    public func contains(_ id: SlotID) -> Bool { storage[id.key] != nil }
+    public func contains(_ id: SlotID) -> Bool { entries.contains { $0.key == id.key } }
 
     /// How many slots hold a value.
-    public var count: Int { storage.count }
+    public var count: Int { entries.count }
 }

@@ -9,7 +9,8 @@ public struct StepContext<View: SlotView>: Sendable {
 
     @inlinable init(state: StepState) { self.state = state }
 
-    public var request: RequestInfo { state.request }
+    /// (Lent, not copied: a copy would retain and release every field on each access.)
+    @inlinable public var request: RequestInfo { _read { yield state.request } }
 
     /// The value of a slot the view reads; a 500 naming step and slot if it is empty.
     @inlinable public func require<A: ReadAccess>(_ path: KeyPath<View, A>) throws(SkeinError) -> A.Target.Value {
