@@ -82,6 +82,28 @@ import Tracing
         #expect(count(head.text, "\r\n\r\nok") == 1, "\(head.text)")
     }
 
+    /// A body is read whole on the event loop up to the limit; past it (announced or not) the
+    /// request passes on to Hummingbird's path, which answers 413; the connection goes on.
+    @Test func chunkedBodiesUnderAndOverTheLimit() async throws {
+        let node = try await TestNode.start { $0.maxBodySize = 1000 }
+        defer { Task { await node.stop() } }
+        @Sendable func count(_ text: String, _ part: String) -> Int { text.components(separatedBy: part).count - 1 }
+        func chunked(_ path: String, _ chunks: [String]) -> String {
+            "POST \(path) HTTP/1.1\r\nHost: skein\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + chunks.map { String($0.utf8.count, radix: 16) + "\r\n" + $0 + "\r\n" }.joined() + "0\r\n\r\n"
+        }
+        let post = #"{"title":"Chunked","content":"c","author":"a"}"#
+        let small = chunked("/blog/posts", [String(post.prefix(10)), String(post.dropFirst(10))])
+        let big = chunked("/blog/posts", [String(repeating: "x", count: 600), String(repeating: "y", count: 600)])
+        let answers = try await node.raw(small + big + "GET /healthz HTTP/1.1\r\nHost: skein\r\n\r\n") {
+            count($0, "HTTP/1.1 ") == 3 && $0.hasSuffix("ok\n")
+        }
+        let statuses = answers.text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { $0.prefix(3) }
+        #expect(statuses == ["201", "413", "200"], "\(answers.text)")
+        #expect(answers.text.contains("body_too_large"))
+        #expect(try await node.request("GET", "/blog/posts").text.contains("Chunked"))
+    }
+
     /// Several streams of one HTTP/2 connection, some answered on the event loop and one
     /// waiting for an effect, each get their own answer.
     @Test func http2StreamsAcrossBothPaths() async throws {

@@ -8,16 +8,18 @@ import NIOHTTPTypes
 import SkeinPipeline
 import Synchronization
 
-/// Answers bodiless GETs on the connection's event loop, in the client port's pipeline (one per
+/// Answers requests on the connection's event loop, in the client port's pipeline (one per
 /// HTTP/1.1 connection, one per HTTP/2 stream), ahead of Hummingbird's request task.
 ///
-/// Hummingbird hands every request to a task on Swift's concurrency pool and writes its answer
-/// back through the event loop: two thread hops a request. A bodiless GET that the node can
-/// answer without waiting (its own routes, routing errors, a pipeline whose steps ask for no
-/// effect) is answered here, by the same ``NodeResponder`` functions, with no hop at all; one
-/// that has to wait (effects, replication) runs in a task of its own and its answer is written
-/// from there. Every other request (a body, another method, `connection: close`) passes on to
-/// Hummingbird untouched.
+/// Hummingbird hands every request to a task on Swift's concurrency pool, streams its body
+/// through that task, and writes its answer back through the event loop: two thread hops and
+/// an async channel a request, more than a short pipeline costs. Here a request is read whole
+/// (its body up to the node's limit) and handed to the same ``NodeResponder`` functions: one
+/// the node can answer without waiting (its own routes, routing errors, a pipeline whose steps
+/// ask for no effect) is answered at once, with no hop at all; one that has to wait (effects,
+/// replication) runs in a task of its own and its answer is written from there. A body over
+/// the limit, HEAD, `expect` and `connection` headers pass on to Hummingbird, untouched, as
+/// does the rest of a request once it has passed.
 ///
 /// HTTP/1.1 answers leave in the order of the requests: while one is owed (here or by
 /// Hummingbird, whose answer passes through this handler on its way out), the requests behind
@@ -32,8 +34,9 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
 
     let responder: NodeResponder
     let dates: HTTPDates
-    /// A GET's head, held until its end shows it has no body.
+    /// The head of the request being read here, and its body so far.
     private var held: HTTPRequest?
+    private var body = ByteBuffer()
     /// The request being read passes on to Hummingbird (until its end).
     private var passing = false
     /// An answer is owed: the next request waits in `queue`.
@@ -75,28 +78,49 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
         switch part {
         case .head(let head):
             owed = true
-            if head.method == .get, head.headerFields[.connection] == nil {
+            if readsHere(head) {
                 held = head
             } else {
                 passing = true
                 pass(part, context: context)
             }
-        case .body:
-            if let head = held {
-                held = nil
-                passing = true
-                pass(.head(head), context: context)
+        case .body(var chunk):
+            guard let head = held else {
+                pass(part, context: context)
+                return
             }
+            if body.readableBytes + chunk.readableBytes <= responder.settings.maxBodySize {
+                body.writeBuffer(&chunk)
+                return
+            }
+            // Over the limit: Hummingbird's path answers 413, as it does for every request.
+            held = nil
+            passing = true
+            pass(.head(head), context: context)
+            if body.readableBytes > 0 { pass(.body(body), context: context) }
+            body = ByteBuffer()
             pass(part, context: context)
         case .end:
             if let head = held {
                 held = nil
-                answer(head, context: context)
+                let whole = body
+                body = ByteBuffer()
+                answer(head, body: whole, context: context)
             } else {
                 passing = false
                 pass(part, context: context)
             }
         }
+    }
+
+    /// Whether this handler reads and answers the request (else it passes on to Hummingbird).
+    private func readsHere(_ head: HTTPRequest) -> Bool {
+        guard head.method != .head, head.headerFields[.connection] == nil, head.headerFields[.expect] == nil else { return false }
+        // A body announced over the limit is Hummingbird's 413 at once.
+        if let length = head.headerFields[.contentLength] {
+            guard let length = Int(length), length <= responder.settings.maxBodySize else { return false }
+        }
+        return true
     }
 
     /// On to Hummingbird. (Its channel takes reads in at the read's end: parts passed on from
@@ -126,9 +150,9 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private func answer(_ head: HTTPRequest, context: ChannelHandlerContext) {
-        let request = Request(head: head, body: RequestBody(buffer: ByteBuffer()))
-        switch responder.answerWithoutWaiting(request) {
+    private func answer(_ head: HTTPRequest, body: ByteBuffer, context: ChannelHandlerContext) {
+        let request = Request(head: head, body: RequestBody(buffer: body))
+        switch responder.answerWithoutWaiting(request, collected: body) {
         case .answered(let response):
             write(response, context: context)
             answered(context: context)

@@ -63,7 +63,9 @@ struct NodeResponder: HTTPResponder {
         return Hummingbird.Response(status: response.status, headers: response.headers, body: ResponseBody(byteBuffer: body))
     }
 
-    func answerWithoutWaiting(_ request: Request) -> Immediate {
+    /// `collected` is the request's whole body when it has been read already (the event loop's
+    /// path): a pipeline then starts at once, bodiless or not.
+    func answerWithoutWaiting(_ request: Request, collected: ByteBuffer? = nil) -> Immediate {
         let arrival = ContinuousClock.now
         let incoming = request.headers[.traceparent].flatMap(TraceParent.init(header:))
         let traceID = incoming?.traceID ?? TraceParent.randomTraceID()
@@ -87,7 +89,7 @@ struct NodeResponder: HTTPResponder {
             switch router.match(method: request.method.rawValue, path: path) {
             case .found(let pipeline, let parameters, _):
                 let started = start(pipeline, request: request, path: path, query: query, parameters: parameters, traceID: traceID,
-                                    incoming: incoming, arrival: arrival, body: Self.hasNoBody(request) ? Data() : nil)
+                                    incoming: incoming, arrival: arrival, body: collected.map { Data(buffer: $0) } ?? (Self.hasNoBody(request) ? Data() : nil))
                 guard case .done(let done, let id) = started else { return waits(.pipeline(started, pipeline, parameters: parameters)) }
                 return .answered(finish(done, traceID: id, request: request, arrival: arrival))
             case .methodNotAllowed(let allow):
