@@ -1,5 +1,7 @@
 import Foundation
 import InMemoryTracing
+import NIOCore
+import NIOPosix
 import Testing
 import Tracing
 
@@ -209,6 +211,29 @@ import Tracing
         let slow = logs.all.first { $0.contains("slow request") }
         #expect(slow?.contains("Request: GET /blog/posts") == true)
         #expect(slow?.contains("→ kv_scan(blog/posts/*)") == true)
+    }
+
+    /// A request whose body is still arriving when the node is asked to stop is read to its
+    /// end and answered before the connection closes.
+    @Test func gracefulShutdownWaitsForABodyBeingRead() async throws {
+        let node = try await TestNode.start()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: node.port) { channel in
+                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+            }
+        let text = try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(string: "POST /t/sql HTTP/1.1\r\nHost: skein\r\nContent-Length: 10\r\n\r\nhalf-"))
+            try await Task.sleep(for: .milliseconds(300))
+            await node.group.triggerGracefulShutdown()
+            try await Task.sleep(for: .milliseconds(300))
+            try await outbound.write(ByteBuffer(string: "whole"))
+            var received = ""
+            for try await chunk in inbound { received += String(buffer: chunk) }
+            return received
+        }
+        #expect(text.hasPrefix("HTTP/1.1 200"), "\(text)")
+        #expect(text.contains("half-whole"), "\(text)")
+        _ = try? await node.task.value
     }
 
     @Test func gracefulShutdownLetsInFlightRequestsFinish() async throws {

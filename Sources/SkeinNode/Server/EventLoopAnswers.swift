@@ -24,8 +24,9 @@ import Synchronization
 /// HTTP/1.1 answers leave in the order of the requests: while one is owed (here or by
 /// Hummingbird, whose answer passes through this handler on its way out), the requests behind
 /// it wait here, and reading stops until they are taken. A graceful stop (the quiesce event)
-/// waits for an answer still being computed here, then goes on to Hummingbird's handler, which
-/// closes the connection once it is idle.
+/// waits while a request is being read or answered here (Hummingbird's handler knows nothing
+/// of it), then goes on to Hummingbird's handler, which closes the connection once its own
+/// request, if any, is answered.
 final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -100,6 +101,7 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
             if body.readableBytes > 0 { pass(.body(body), context: context) }
             body = ByteBuffer()
             pass(part, context: context)
+            releaseQuiesce(context: context)
         case .end:
             if let head = held {
                 held = nil
@@ -148,6 +150,15 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
             readPending = false
             context.read()
         }
+        releaseQuiesce(context: context)
+    }
+
+    /// Hands a held quiesce event on once nothing is being read or answered here.
+    private func releaseQuiesce(context: ChannelHandlerContext) {
+        guard let event = quiesce, !answering, held == nil else { return }
+        quiesce = nil
+        if unflushed { flush(context: context) }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func answer(_ head: HTTPRequest, body: ByteBuffer, context: ChannelHandlerContext) {
@@ -168,11 +179,6 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
                     handler.answering = false
                     guard !handler.removed else { return }
                     handler.write(response, context: context)
-                    if let event = handler.quiesce {
-                        handler.quiesce = nil
-                        handler.flush(context: context)
-                        context.fireUserInboundEventTriggered(event)
-                    }
                     handler.answered(context: context)
                 }
             }
@@ -228,7 +234,7 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent, answering {
+        if event is ChannelShouldQuiesceEvent, answering || held != nil {
             quiesce = event
             return
         }
