@@ -30,8 +30,9 @@ struct NodeResponder: HTTPResponder {
     /// Answers without suspending whatever it can (the node's own routes, routing errors, a
     /// pipeline whose steps ask for no effect), so this function's task frame, allocated for
     /// every request, stays small; only what waits (a body, effects, replication) goes on in
-    /// ``answer(_:_:)``. (Bodiless GETs do not come here: ``EventLoopAnswers`` answers them
-    /// on the connection's event loop, through the same two functions.)
+    /// ``answer(_:_:)``. (Most requests do not come here: ``EventLoopAnswers`` reads and
+    /// answers them on the connection's event loop through the same two functions; this is
+    /// the path of HEAD, of `expect` and `connection` headers, and of bodies over the limit.)
     func respond(to request: Request, context: Context) async throws -> Hummingbird.Response {
         switch answerWithoutWaiting(request) {
         case .answered(let response): return Self.hummingbird(response, method: request.method)
