@@ -116,8 +116,8 @@ public final class SkeinNode: Service, Sendable {
         let app = Application(
             responder: responder,
             server: HTTPServerBuilder { hummingbird in
-                DualProtocolChannel(responder: hummingbird, configuration: HTTP2ChannelConfiguration(idleTimeout: .seconds(120))) {
-                    [EventLoopAnswers(responder: responder, dates: dates)]
+                DualProtocolChannel(responder: hummingbird, configuration: HTTP2ChannelConfiguration(idleTimeout: .seconds(120))) { http2Stream in
+                    [EventLoopAnswers(responder: responder, dates: dates, coalescesFlushes: !http2Stream)]
                 }
             },
             configuration: ApplicationConfiguration(

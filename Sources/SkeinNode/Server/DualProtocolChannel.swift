@@ -24,12 +24,14 @@ struct DualProtocolChannel: ServerChildChannel {
     let http2: HTTP2Channel
 
     /// `handlers` makes the handlers that go between the HTTP codec and Hummingbird's request
-    /// handling, on each HTTP/1.1 connection and each HTTP/2 stream.
+    /// handling, on each HTTP/1.1 connection (`http2Stream` false) and each HTTP/2 stream (true).
     init(responder: @escaping HTTPChannelHandler.Responder, configuration: HTTP2ChannelConfiguration,
-         handlers: @escaping @Sendable () -> [any RemovableChannelHandler] = { [] }) {
+         handlers: @escaping @Sendable (_ http2Stream: Bool) -> [any RemovableChannelHandler] = { _ in [] }) {
         var configuration = configuration
-        configuration.streamConfiguration.additionalChannelHandlers = handlers
-        self.http1 = HTTP1Channel(responder: responder, configuration: configuration.streamConfiguration)
+        var http1Configuration = configuration.streamConfiguration
+        http1Configuration.additionalChannelHandlers = { handlers(false) }
+        configuration.streamConfiguration.additionalChannelHandlers = { handlers(true) }
+        self.http1 = HTTP1Channel(responder: responder, configuration: http1Configuration)
         self.http2 = HTTP2Channel(responder: responder, configuration: configuration)
     }
 

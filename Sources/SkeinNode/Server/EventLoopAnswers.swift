@@ -54,10 +54,15 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
     private var reading = false
     private var passedOutsideRead = false
     private var removed = false
+    private let coalescesFlushes: Bool
+    private var flushScheduled = false
 
-    init(responder: NodeResponder, dates: HTTPDates) {
+    /// `coalescesFlushes`: flush a read's answers at the end of the event loop's round of reads
+    /// rather than at once (for HTTP/1.1 connections; see ``flushSoon(context:)``).
+    init(responder: NodeResponder, dates: HTTPDates, coalescesFlushes: Bool) {
         self.responder = responder
         self.dates = dates
+        self.coalescesFlushes = coalescesFlushes
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -227,10 +232,30 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
     func channelReadComplete(context: ChannelHandlerContext) {
         reading = false
         if unflushed {
-            unflushed = false
-            context.flush()
+            if coalescesFlushes {
+                flushSoon(context: context)
+            } else {
+                unflushed = false
+                context.flush()
+            }
         }
         context.fireChannelReadComplete()
+    }
+
+    /// Flushes once the event loop has read every connection that was ready, so the answers
+    /// to one round of reads leave together: a client waiting on many connections then wakes
+    /// once for many answers instead of once for each. (An HTTP/2 stream does not do this: its
+    /// connection's multiplexer already flushes once per read of the connection.)
+    private func flushSoon(context: ChannelHandlerContext) {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        context.eventLoop.assumeIsolatedUnsafeUnchecked().execute {
+            self.flushScheduled = false
+            if self.unflushed, !self.removed {
+                self.unflushed = false
+                context.flush()
+            }
+        }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
