@@ -263,6 +263,9 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
             quiesce = event
             return
         }
+        // Hummingbird closes an idle connection on quiesce, and a close drops unflushed writes:
+        // an answer whose flush was put off goes out first.
+        if event is ChannelShouldQuiesceEvent, unflushed { flush(context: context) }
         context.fireUserInboundEventTriggered(event)
     }
 }
