@@ -6,6 +6,7 @@ import Testing
     @Test func crudOverHTTP1() async throws {
         let node = try await TestNode.start()
         defer { Task { await node.stop() } }
+        try await node.waitForPartitions()
 
         let created = try await node.request("POST", "/blog/posts", body: #"{"title":"First","content":"Hello","author":"ada"}"#)
         #expect(created.status == 201)
@@ -48,6 +49,7 @@ import Testing
     @Test func validationNamesTheField() async throws {
         let node = try await TestNode.start()
         defer { Task { await node.stop() } }
+        try await node.waitForPartitions()
         let cases: [(String, String)] = [
             (#"{"title":"","content":"c","author":"a"}"#, "title"),
             (#"{"title":"t","content":"  ","author":"a"}"#, "content"),
@@ -73,6 +75,7 @@ import Testing
     @Test func crudOverHTTP2WithNghttp() async throws {
         let node = try await TestNode.start()
         defer { Task { await node.stop() } }
+        try await node.waitForPartitions()
         let file = temporaryDirectory() + "/post.json"
         try Data(#"{"title":"Over h2","content":"c","author":"h2"}"#.utf8).write(to: URL(fileURLWithPath: file))
 

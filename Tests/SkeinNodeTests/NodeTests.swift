@@ -18,6 +18,7 @@ import Tracing
         #expect(cluster["node"] as? String == "n1")
         #expect((cluster["members"] as? [[String: Any]])?.first?["state"] as? String == "alive")
 
+        try await node.waitForPartitions()
         let listed = try await node.request("GET", "/blog/posts")
         let traceID = try #require(listed.headers["skein-trace-id"])
         let timeline = try #require(try await node.request("GET", "/v1/traces/\(traceID)").json() as? [String: Any])
@@ -89,6 +90,7 @@ import Tracing
     @Test func chunkedBodiesUnderAndOverTheLimit() async throws {
         let node = try await TestNode.start { $0.maxBodySize = 1000 }
         defer { Task { await node.stop() } }
+        try await node.waitForPartitions()
         @Sendable func count(_ text: String, _ part: String) -> Int { text.components(separatedBy: part).count - 1 }
         func chunked(_ path: String, _ chunks: [String]) -> String {
             "POST \(path) HTTP/1.1\r\nHost: skein\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -133,6 +135,7 @@ import Tracing
     @Test func malformedRequestIs400AndDisconnectsCostNothing() async throws {
         let node = try await TestNode.start()
         defer { Task { await node.stop() } }
+        try await node.waitForPartitions()
         let garbage = try await run("bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(node.port); printf 'THIS IS NOT HTTP\\r\\n\\r\\n' >&3; timeout 5 cat <&3"])
         #expect(garbage.output.hasPrefix("HTTP/1.1 400"), "got: \(garbage.output)")
         // A client that sends half a body and vanishes, many times over.
@@ -167,13 +170,8 @@ import Tracing
         let tracer = InMemoryTracer()
         let node = try await TestNode.start(tracer: tracer)
         defer { Task { await node.stop() } }
-        // The node serves before its partitions have elected (a scan of them answers 503
-        // until then, as the contract says); on a loaded machine that can take seconds. Wait
-        // for them with untraced requests, then look only at the spans that came after.
-        for _ in 0..<400 {
-            if try await node.request("GET", "/blog/posts").status == 200 { break }
-            try await Task.sleep(for: .milliseconds(25))
-        }
+        // Wait for the partitions with untraced requests, then look only at the spans after.
+        try await node.waitForPartitions()
         let earlier = tracer.finishedSpans.count
         let incoming = "0af7651916cd43dd8448eb211c80319c"
         let r = try await node.request("GET", "/blog/posts", headers: [("traceparent", "00-\(incoming)-b7ad6b7169203331-01")])

@@ -14,6 +14,10 @@ import Testing
         return (node, port)
     }
 
+    /// What these tests check is the answer, not its speed: at the suite's start, with every
+    /// suite starting nodes at once on 2 cores, an answer has taken over the 2 s default.
+    static let patient = TimeAmount.seconds(15)
+
     static func envelope() -> Envelope {
         let me = Member(id: MemberID(name: "probe", generation: 1), peer: "127.0.0.1:1", client: "127.0.0.1:2", state: .alive, incarnation: 0)
         return Envelope(from: me, message: .ping(seq: 7, target: MemberID(name: "n1", generation: 0), updates: []))
@@ -22,7 +26,7 @@ import Testing
     @Test func aProvenPingIsAckedOnTheSameStream() async throws {
         let (node, port) = try await Self.node(secret: "s3cret")
         defer { Task { await node.stop() } }
-        let connection = try PeerConnection(address: "127.0.0.1:\(port)", auth: PeerAuth(secret: "s3cret"), traffic: PeerTraffic(), logger: .init(label: "t"))
+        let connection = try PeerConnection(address: "127.0.0.1:\(port)", auth: PeerAuth(secret: "s3cret"), traffic: PeerTraffic(), logger: .init(label: "t"), callTimeout: Self.patient)
         let answer = try await connection.post(path: PeerResponder.membershipPath, body: MembershipCodec.encode([Self.envelope()]))
         #expect(answer.status == 200)
         let replies = try MembershipCodec.decode(answer.body)
@@ -40,7 +44,7 @@ import Testing
     @Test func aWrongSecretIsRefusedWith401() async throws {
         let (node, port) = try await Self.node(secret: "right")
         defer { Task { await node.stop() } }
-        let connection = try PeerConnection(address: "127.0.0.1:\(port)", auth: PeerAuth(secret: "wrong"), traffic: PeerTraffic(), logger: .init(label: "t"))
+        let connection = try PeerConnection(address: "127.0.0.1:\(port)", auth: PeerAuth(secret: "wrong"), traffic: PeerTraffic(), logger: .init(label: "t"), callTimeout: Self.patient)
         let answer = try await connection.post(path: PeerResponder.membershipPath, body: MembershipCodec.encode([Self.envelope()]))
         #expect(answer.status == 401)
         #expect(try await node.clusterMembers() == ["n1"], "a refused request changes nothing")
@@ -50,7 +54,7 @@ import Testing
     @Test func badMessagesAre400AndTheNodeLives() async throws {
         let (node, port) = try await Self.node(secret: "s")
         defer { Task { await node.stop() } }
-        let connection = try PeerConnection(address: "127.0.0.1:\(port)", auth: PeerAuth(secret: "s"), traffic: PeerTraffic(), logger: .init(label: "t"))
+        let connection = try PeerConnection(address: "127.0.0.1:\(port)", auth: PeerAuth(secret: "s"), traffic: PeerTraffic(), logger: .init(label: "t"), callTimeout: Self.patient)
         var future = MembershipCodec.encode([Self.envelope()])
         future[0] = 99
         let unknownVersion = try await connection.post(path: PeerResponder.membershipPath, body: future)

@@ -71,13 +71,8 @@ actor CollectorServer {
             $0.otlpEndpoint = "http://127.0.0.1:\(port)"
             $0.otlpProtocol = .json
         }
-        // The node serves before its partitions have elected (a scan of them answers 503
-        // until then, as the contract says); under the full suite's load that can take
-        // seconds. Wait with requests of other traces first.
-        for _ in 0..<400 {
-            if try await node.request("GET", "/blog/posts").status == 200 { break }
-            try await Task.sleep(for: .milliseconds(25))
-        }
+        // Wait for the partitions with requests of other traces first.
+        try await node.waitForPartitions()
         let incoming = "4bf92f3577b34da6a3ce929d0e0e4736"
         let posts = try await node.request("GET", "/blog/posts", headers: [("traceparent", "00-\(incoming)-00f067aa0ba902b7-01")])
         #expect(posts.status == 200)

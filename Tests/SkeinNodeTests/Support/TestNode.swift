@@ -49,6 +49,19 @@ struct TestNode {
         try? FileManager.default.removeItem(atPath: data)
     }
 
+    /// Waits until the blog's listing answers 200: the node serves before its partitions have
+    /// elected (a scan of them answers 503 until then, as the contract says), and on a loaded
+    /// machine that can take seconds.
+    func waitForPartitions(within limit: Duration = .seconds(20)) async throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now + limit
+        while clock.now < deadline {
+            if try await request("GET", "/blog/posts").status == 200 { return }
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        throw TestError("the node's partitions had no leaders after \(limit)")
+    }
+
     /// The names in this node's `/v1/cluster`.
     func clusterMembers() async throws -> [String] {
         let view = try await request("GET", "/v1/cluster").json() as? [String: Any]
