@@ -190,7 +190,8 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Writes one answer; the flush comes at the end of the read.
+    /// Writes one answer; the flush comes at the end of the read (on HTTP/1.1, at the end of the
+    /// event loop's round of reads: ``flushSoon(context:)``).
     private func write(_ response: SkeinPipeline.Response, context: ChannelHandlerContext) {
         var fields = response.headers
         // No length on a 204 or 304 (RFC 9110), as Hummingbird does.
