@@ -198,16 +198,53 @@ enum KeyValueForwarding {
     static let path = "/v1/peer/kv"
 
     static func forward(_ op: KVOperation, to leader: RaftNodeID, cluster: ClusterHandle, traceparent: String?) async throws -> KVResult {
+        let answer: PeerAnswer
+        do {
+            answer = try await cluster.peers.connection(to: leader).call(route: path, body: callBody(op, traceparent: traceparent))
+        } catch {
+            throw unreachable(leader, error, key: op.key)
+        }
+        return try result(of: answer, op: op, leader: leader)
+    }
+
+    /// Forwards `op` to `leader` without a task to wait in, when this node's call stream to it
+    /// is open (false, and nothing sent, when it is not): `done` gets the result, or the error
+    /// the leader answered, on the stream's event loop. For requests read on an event loop;
+    /// one that fails with a retryable error goes on in ``ReplicatedKeyValueStore/perform(_:)``.
+    static func forwardWithoutTask(_ op: KVOperation, to leader: RaftNodeID, cluster: ClusterHandle, traceparent: String?,
+                                   done: @escaping @Sendable (Result<KVResult, SkeinError>) -> Void) -> Bool {
+        guard let connection = try? cluster.peers.connection(to: leader), let stream = connection.currentCallStream, stream.isOpen else {
+            return false
+        }
+        stream.call(route: path, body: callBody(op, traceparent: traceparent), timeout: connection.callTimeout) { answer in
+            do {
+                switch answer {
+                case .success(let answer): done(.success(try result(of: answer, op: op, leader: leader)))
+                case .failure(let error): throw unreachable(leader, error, key: op.key)
+                }
+            } catch let error as SkeinError {
+                done(.failure(error))
+            } catch {
+                done(.failure(SkeinError(code: 500, what: "internal", key: op.key, message: "\(error)")))
+            }
+        }
+        return true
+    }
+
+    /// A forwarded call's body: `traceparent · op`.
+    static func callBody(_ op: KVOperation, traceparent: String?) -> [UInt8] {
         var w = WireWriter()
         w.string(traceparent ?? "")
         w.blob(op.encode())
-        let answer: PeerAnswer
-        do {
-            answer = try await cluster.peers.connection(to: leader).call(route: path, body: w.bytes)
-        } catch {
-            throw SkeinError(code: 503, what: "leader_unreachable", key: op.key,
-                             message: "the leader of this key's partition (\(leader)) did not answer: \(error); retry")
-        }
+        return w.bytes
+    }
+
+    static func unreachable(_ leader: RaftNodeID, _ error: any Error, key: String) -> SkeinError {
+        SkeinError(code: 503, what: "leader_unreachable", key: key,
+                   message: "the leader of this key's partition (\(leader)) did not answer: \(error); retry")
+    }
+
+    static func result(of answer: PeerAnswer, op: KVOperation, leader: RaftNodeID) throws -> KVResult {
         guard answer.status == 200 else {
             throw SkeinError(code: 502, what: "bad_peer_answer", key: op.key, message: "the partition leader \(leader) answered \(answer.status)")
         }
@@ -275,11 +312,12 @@ enum KeyValueForwarding {
         }
     }
 
-    /// The forwarded writes of one call frame, proposed in one turn on the replication actor;
-    /// each answer goes to `answer` (with its call's id) as soon as its entry is committed
-    /// (a put) or applied (a delete, whose answer says whether the key was there).
+    /// The forwarded writes of one call frame, handed to the replication actor together
+    /// (``Replication/submit(_:)``), without waiting; each answer goes to `answer` (with its
+    /// call's id) as soon as its entry is committed (a put) or applied (a delete, whose answer
+    /// says whether the key was there).
     static func serve(writes: [(id: UInt64, op: KVOperation)], cluster: ClusterHandle,
-                      answer: @escaping @Sendable (UInt64, [UInt8]) -> Void) async {
+                      answer: @escaping @Sendable (UInt64, [UInt8]) -> Void) {
         guard let replication = cluster.replication else {
             for w in writes { answer(w.id, encodeAnswer(.failure(ReplicatedKeyValueStore.starting), key: w.op.key)) }
             return
@@ -294,11 +332,11 @@ enum KeyValueForwarding {
             case .get, .scan: preconditionFailure("only writes are proposed together")
             }
         }
-        await replication.propose(commands) { i, result in
+        replication.submit(.proposals(commands) { i, result in
             let w = writes[i]
             let isDelete = if case .delete = w.op { true } else { false }
             answer(w.id, encodeAnswer(result.map { .done(existed: isDelete ? $0.existed : true) }, key: w.op.key))
-        }
+        })
     }
 
     /// An answer's bytes: `0 · result`, or `1 · code · what · message`.

@@ -198,16 +198,6 @@ actor Replication {
     /// The leader of `partition` as last published (at every pump), without an actor hop.
     nonisolated func publishedLeader(partition: Int) -> RaftNodeID? { published.withLock { $0[partition].leader } }
 
-    /// Steps a batch from a peer. What it asks to persist goes into the next group commit;
-    /// the answers travel on this node's own stream to the peer.
-    func receive(_ batch: RaftBatch) {
-        let t = now
-        for m in batch.messages where m.to == me {
-            groups[m.partition].step(m, now: t)
-        }
-        pump()
-    }
-
     /// Membership declared `peer` dead: its partitions elect as soon as the vote promises end.
     func peerIsDown(_ peer: RaftNodeID) {
         let t = now
@@ -237,14 +227,60 @@ actor Replication {
         }
     }
 
-    /// Proposes several commands in one turn on this actor, each answered through `done`
-    /// (called on this actor, with the command's position) once applied here, or at once if
-    /// it cannot be proposed: for writes forwarded by other nodes, which then need no task
-    /// and no turn of their own here.
-    /// A command with `atCommit` is answered as soon as it is committed, as with
+    /// What is handed to this actor without waiting for it: a peer's Raft batch (stepped; what
+    /// it asks to persist goes into the next group commit, its answers travel on this node's
+    /// own stream to the peer), or proposals answered through `done` (``add(_:done:)``).
+    enum Inbound: Sendable {
+        case batch(RaftBatch)
+        case proposals([(command: PartitionCommand, partition: Int, atCommit: Bool)],
+                       done: @Sendable (Int, Result<AppliedEntry, any Error>) -> Void)
+    }
+
+    private struct Inbox {
+        var items: [Inbound] = []
+        var scheduled = false
+    }
+    private let inbox = Mutex(Inbox())
+
+    /// Hands `item` to this actor from any thread, without waiting: what arrives before the
+    /// actor takes its turn is taken in that one turn, in order, followed by one pump (one
+    /// append per follower, one group commit), instead of a task and a pump each.
+    nonisolated func submit(_ item: Inbound) {
+        let schedule = inbox.withLock { inbox -> Bool in
+            inbox.items.append(item)
+            defer { inbox.scheduled = true }
+            return !inbox.scheduled
+        }
+        if schedule { Task { await self.takeInbox() } }
+    }
+
+    private func takeInbox() {
+        while true {
+            let items = inbox.withLock { inbox -> [Inbound] in
+                if inbox.items.isEmpty { inbox.scheduled = false }
+                defer { inbox.items = [] }
+                return inbox.items
+            }
+            if items.isEmpty { break }
+            let t = now
+            for item in items {
+                switch item {
+                case .batch(let batch):
+                    for m in batch.messages where m.to == me { groups[m.partition].step(m, now: t) }
+                case .proposals(let commands, let done):
+                    add(commands, done: done)
+                }
+            }
+        }
+        pump()
+    }
+
+    /// Proposes `commands`, each answered through `done` (called on this actor, with the
+    /// command's position) once applied here, or at once if it cannot be proposed. A command
+    /// with `atCommit` is answered as soon as it is committed, as with
     /// ``Resolution/committed(refused:)``: only for commands whose apply cannot refuse them.
-    func propose(_ commands: [(command: PartitionCommand, partition: Int, atCommit: Bool)],
-                 done: @escaping @Sendable (Int, Result<AppliedEntry, any Error>) -> Void) {
+    private func add(_ commands: [(command: PartitionCommand, partition: Int, atCommit: Bool)],
+                     done: @escaping @Sendable (Int, Result<AppliedEntry, any Error>) -> Void) {
         let deadline = clock.now + waitLimit
         let t = now
         for (i, item) in commands.enumerated() {
@@ -264,7 +300,6 @@ actor Replication {
             }
             waiters[WaiterKey(partition: item.partition, index: index)] = waiter
         }
-        pumpSoon()
     }
 
     /// A pump after the jobs already waiting for this actor: the proposals among them then

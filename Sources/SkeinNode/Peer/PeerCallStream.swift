@@ -128,7 +128,9 @@ final class PeerCallStream: Sendable {
     }
 
     private struct Waiting {
-        let continuation: CheckedContinuation<PeerAnswer, any Error>
+        /// Called once with the answer or the failure: on the stream's event loop, or on the
+        /// caller's thread when the stream was closed already.
+        let resume: @Sendable (Result<PeerAnswer, any Error>) -> Void
         let deadline: NIODeadline
         let timeout: TimeAmount
     }
@@ -147,26 +149,33 @@ final class PeerCallStream: Sendable {
 
     func call(route: String, body: [UInt8], timeout: TimeAmount) async throws -> PeerAnswer {
         try await withCheckedThrowingContinuation { continuation in
-            let deadline = NIODeadline.now() + timeout
-            let queued: (write: Bool, sweep: Bool)? = state.withLock { s in
-                guard s.closed == nil else { return nil }
-                let id = s.nextID
-                s.nextID += 1
-                s.pending[id] = Waiting(continuation: continuation, deadline: deadline, timeout: timeout)
-                s.queued.append(PeerCalls.Call(id: id, route: route, body: body))
-                let sweep = s.nextSweepAt.map { deadline < $0 } ?? true
-                if sweep { s.nextSweepAt = deadline }
-                defer { s.writeScheduled = true }
-                return (!s.writeScheduled, sweep)
-            }
-            guard let queued else {
-                continuation.resume(throwing: PeerCallError(description: "the call stream to \(peer) is closed"))
-                return
-            }
-            let loop = channel.eventLoop
-            if queued.write { loop.execute { self.writeQueued() } }
-            if queued.sweep { loop.scheduleTask(deadline: deadline) { self.sweep() } }
+            call(route: route, body: body, timeout: timeout) { continuation.resume(with: $0) }
         }
+    }
+
+    /// Queues a call without waiting for it: `done` gets its answer or its failure, once, on
+    /// the stream's event loop (on the calling thread if the stream is closed already). For
+    /// callers on an event loop that need no task to wait in (a forwarded key-value request).
+    func call(route: String, body: [UInt8], timeout: TimeAmount, done: @escaping @Sendable (Result<PeerAnswer, any Error>) -> Void) {
+        let deadline = NIODeadline.now() + timeout
+        let queued: (write: Bool, sweep: Bool)? = state.withLock { s in
+            guard s.closed == nil else { return nil }
+            let id = s.nextID
+            s.nextID += 1
+            s.pending[id] = Waiting(resume: done, deadline: deadline, timeout: timeout)
+            s.queued.append(PeerCalls.Call(id: id, route: route, body: body))
+            let sweep = s.nextSweepAt.map { deadline < $0 } ?? true
+            if sweep { s.nextSweepAt = deadline }
+            defer { s.writeScheduled = true }
+            return (!s.writeScheduled, sweep)
+        }
+        guard let queued else {
+            done(.failure(PeerCallError(description: "the call stream to \(peer) is closed")))
+            return
+        }
+        let loop = channel.eventLoop
+        if queued.write { loop.execute { self.writeQueued() } }
+        if queued.sweep { loop.scheduleTask(deadline: deadline) { self.sweep() } }
     }
 
     /// On the event loop: fails the calls past their time, and makes sure a sweep comes by
@@ -190,7 +199,7 @@ final class PeerCallStream: Sendable {
             return (expired, s.nextSweepAt)
         }
         for w in expired {
-            w.continuation.resume(throwing: PeerCallError(description: "\(peer) did not answer within \(w.timeout)"))
+            w.resume(.failure(PeerCallError(description: "\(peer) did not answer within \(w.timeout)")))
         }
         if let next { channel.eventLoop.scheduleTask(deadline: next) { self.sweep() } }
     }
@@ -220,7 +229,7 @@ final class PeerCallStream: Sendable {
 
     private func finish(_ id: UInt64, _ result: Result<PeerAnswer, any Error>) {
         guard let waiting = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
-        waiting.continuation.resume(with: result)
+        waiting.resume(result)
     }
 
     /// Ends the stream: every call still waiting fails with `why`.
@@ -231,7 +240,7 @@ final class PeerCallStream: Sendable {
             return Array(s.pending.values)
         }
         for w in waiting {
-            w.continuation.resume(throwing: PeerCallError(description: why))
+            w.resume(.failure(PeerCallError(description: why)))
         }
         channel.close(promise: nil)
     }
@@ -400,7 +409,7 @@ extension PeerResponder {
                                 }
                             }
                             if !writes.isEmpty {
-                                await KeyValueForwarding.serve(writes: writes, cluster: cluster) { id, body in
+                                KeyValueForwarding.serve(writes: writes, cluster: cluster) { id, body in
                                     outbox.put(PeerCalls.Answer(id: id, status: 200, body: body))
                                 }
                             }

@@ -121,7 +121,7 @@ struct PeerResponder: HTTPResponder {
                             guard batch.partitionCount == replication.partitionCount else {
                                 throw PeerStreamFrame.Refused(description: "a batch for \(batch.partitionCount) partitions; this node has \(replication.partitionCount)")
                             }
-                            await replication.receive(batch)
+                            replication.submit(.batch(batch))
                         }
                     }
                 }

@@ -177,8 +177,7 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
             let loop = context.eventLoop
             let bound = NIOLoopBound((self, context), eventLoop: loop)
             let responder = self.responder
-            Task {
-                let response = await responder.answer(request, waiting)
+            @Sendable func deliver(_ response: SkeinPipeline.Response) {
                 loop.execute {
                     let (handler, context) = bound.value
                     handler.answering = false
@@ -187,6 +186,15 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
                     handler.answered(context: context)
                 }
             }
+            @Sendable func inTask() {
+                Task { deliver(await responder.answer(request, waiting)) }
+            }
+            // Most key-value requests need no task: they wait in the replication actor or on
+            // the leader's call stream.
+            let taken = responder.answerWithoutTask(request, body: body, waiting) { response in
+                if let response { deliver(response) } else { inTask() }
+            }
+            if !taken { inTask() }
         }
     }
 

@@ -1,5 +1,7 @@
 import Foundation
 import HTTPTypes
+import NIOCore
+import NIOFoundationCompat
 import SkeinPipeline
 import SkeinStore
 
@@ -22,12 +24,7 @@ struct KeyValueRoutes: Sendable {
         do {
             switch method {
             case .get, .head:
-                guard let value = try await store.get(key) else {
-                    return render(SkeinError(code: 404, what: "key_not_found", key: key, message: "no value under this key"))
-                }
-                var response = Response(status: .ok, body: value)
-                response.headers[.contentType] = "application/octet-stream"
-                return response
+                return response(.value(try await store.get(key).map { Array($0) }), key: key)
             case .put:
                 try await store.put(key, try await body())
                 return Response(status: .noContent)
@@ -44,6 +41,71 @@ struct KeyValueRoutes: Sendable {
         } catch {
             return render(SkeinError(code: 500, what: "internal", key: key, message: "\(error)"))
         }
+    }
+
+    /// A request answered with no task of its own, from the event loop it was read on: a write
+    /// whose partition this node leads (as last published) goes straight into the replication
+    /// actor's inbox; a request whose partition another node leads goes over the open call
+    /// stream to it. `done` gets the answer (on the actor, or on the stream's event loop), or
+    /// nil when the request must go on in ``answer(method:rawKey:body:traceparent:)`` after all
+    /// (no leader, the leader unreachable or just moved: the retries and waits live there).
+    /// False, and nothing done, when it does not apply: a bad key or value (whose error the
+    /// task path renders), a read here, no call stream open.
+    func answerWithoutTask(method: HTTPRequest.Method, rawKey: Substring, body: ByteBuffer, traceparent: String?,
+                           done: @escaping @Sendable (Response?) -> Void) -> Bool {
+        guard let replication = cluster.replication, Self.isValidPercentEncoding(rawKey),
+              let key = String(rawKey).removingPercentEncoding, (try? limits.check(key: key)) != nil else { return false }
+        let op: KVOperation
+        switch method {
+        case .get: op = .get(key: key)
+        case .delete: op = .delete(key: key)
+        case .put:
+            guard body.readableBytes <= limits.maxValueBytes else { return false }
+            op = .put(key: key, value: Array(buffer: body))
+        default: return false
+        }
+        let partition = op.partition(count: replication.partitionCount)
+        guard let leader = replication.publishedLeader(partition: partition) else { return false }
+        let routes = self
+        guard leader != replication.me else {
+            let command: PartitionCommand
+            switch op {
+            case .put(let key, let value): command = .put(key: key, value: value)
+            case .delete(let key): command = .delete(key: key)
+            case .get, .scan: return false
+            }
+            // A put is answered once committed, as ReplicatedKeyValueStore.local does.
+            let isPut = if case .put = op { true } else { false }
+            replication.submit(.proposals([(command, partition, isPut)]) { _, result in
+                switch result {
+                case .success: done(Response(status: .noContent))
+                case .failure(let error as ReplicationError):
+                    let rendered = ReplicatedKeyValueStore.skeinError(error, key: key)
+                    done(ReplicatedKeyValueStore.retryable.contains(rendered.what) ? nil : routes.render(rendered))
+                case .failure(let error):
+                    done(routes.render(SkeinError(code: 500, what: "internal", key: key, message: "\(error)")))
+                }
+            })
+            return true
+        }
+        return KeyValueForwarding.forwardWithoutTask(op, to: leader, cluster: cluster, traceparent: traceparent) { result in
+            switch result {
+            case .success(let result): done(routes.response(result, key: key))
+            case .failure(let error) where ReplicatedKeyValueStore.retryable.contains(error.what): done(nil)
+            case .failure(let error): done(routes.render(error))
+            }
+        }
+    }
+
+    /// The answer for a result: a read's value (or 404), else 204.
+    private func response(_ result: KVResult, key: String) -> Response {
+        guard case .value(let value) = result else { return Response(status: .noContent) }
+        guard let value else {
+            return render(SkeinError(code: 404, what: "key_not_found", key: key, message: "no value under this key"))
+        }
+        var response = Response(status: .ok, body: Data(value))
+        response.headers[.contentType] = "application/octet-stream"
+        return response
     }
 
     /// Every `%` starts two hex digits (Foundation passes some malformed escapes through).

@@ -145,6 +145,22 @@ struct NodeResponder: HTTPResponder {
         return finish(response, traceID: traceID, request: request, arrival: waiting.arrival)
     }
 
+    /// A key-value request answered from the event loop without a task
+    /// (``KeyValueRoutes/answerWithoutTask(method:rawKey:body:traceparent:done:)``):
+    /// `done` gets the finished answer, or nil when the request must go on in ``answer(_:_:)``.
+    /// False when it does not apply.
+    func answerWithoutTask(_ request: Request, body: ByteBuffer, _ waiting: Waiting,
+                            done: @escaping @Sendable (SkeinPipeline.Response?) -> Void) -> Bool {
+        guard case .keyValue = waiting.kind else { return false }
+        let responder = self
+        return keyValue.answerWithoutTask(
+            method: request.method, rawKey: waiting.path.dropFirst(KeyValueRoutes.prefix.count), body: body,
+            traceparent: request.headers[.traceparent]
+        ) { response in
+            done(response.map { responder.finish($0, traceID: waiting.traceID, request: request, arrival: waiting.arrival) })
+        }
+    }
+
     /// Every answer: its `skein-trace-id`, the request metrics.
     private func finish(_ response: SkeinPipeline.Response, traceID: String, request: Request, arrival: ContinuousClock.Instant) -> SkeinPipeline.Response {
         var response = response
