@@ -133,7 +133,9 @@ public final class SkeinNode: Service, Sendable {
         let (peerPorts, peerPort) = AsyncStream.makeStream(of: Int.self)
         let peerApp = Application(
             responder: PeerResponder(auth: cluster.auth, cluster: cluster, logger: logger),
-            server: HTTPServerBuilder { responder in PeerChannel(responder: responder, traffic: cluster.traffic) },
+            server: HTTPServerBuilder { responder in
+                PeerChannel(responder: responder, traffic: cluster.traffic, auth: cluster.auth, cluster: cluster, logger: logger)
+            },
             configuration: ApplicationConfiguration(
                 address: .hostname(settings.peer.host, port: settings.peer.port), serverName: nil),
             onServerRunning: { channel in

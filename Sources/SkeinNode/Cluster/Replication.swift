@@ -348,7 +348,11 @@ actor Replication {
     /// itself included, has made durable; an entry of its own term at or below its commit
     /// index is that entry.) The others wait for the apply, which says whether they were lost.
     private func answerCommitted() {
-        for (p, indexes) in answerAtCommit where !indexes.isEmpty {
+        // Only partitions with writers waiting are keys; iterating the keys' copy leaves the
+        // dictionary free to change without copying it whole.
+        guard !answerAtCommit.isEmpty else { return }
+        for p in Array(answerAtCommit.keys) {
+            let indexes = answerAtCommit[p]!
             let g = groups[p]
             guard g.role == .leader else {
                 // No longer leading: the apply says whether each of them happened.
@@ -366,7 +370,11 @@ actor Replication {
                 answeredThrough[p] = max(answeredThrough[p] ?? 0, index)
                 w.resume(.success(AppliedEntry(partition: p, index: index, term: w.term, existed: false)))
             }
-            if answered > 0 { answerAtCommit[p]!.removeFirst(answered) }
+            if answered == indexes.count {
+                answerAtCommit[p] = nil
+            } else if answered > 0 {
+                answerAtCommit[p]!.removeFirst(answered)
+            }
         }
     }
 

@@ -17,8 +17,14 @@ struct PeerChannel: ServerChildChannel {
     let http2: HTTP2Channel
     let traffic: PeerTraffic
 
-    init(responder: @escaping HTTPChannelHandler.Responder, traffic: PeerTraffic) {
-        http2 = HTTP2Channel(responder: responder, configuration: HTTP2ChannelConfiguration(idleTimeout: .seconds(300)))
+    /// Each HTTP/2 stream gets a ``PeerStreamHandler``, which serves the long-lived Raft and
+    /// call streams on the event loop; every other request goes on to `responder`.
+    init(responder: @escaping HTTPChannelHandler.Responder, traffic: PeerTraffic, auth: PeerAuth, cluster: ClusterHandle, logger: Logger) {
+        var configuration = HTTP2ChannelConfiguration(idleTimeout: .seconds(300))
+        configuration.streamConfiguration.additionalChannelHandlers = {
+            [PeerStreamHandler(auth: auth, cluster: cluster, logger: logger)]
+        }
+        http2 = HTTP2Channel(responder: responder, configuration: configuration)
         self.traffic = traffic
     }
 
@@ -84,57 +90,37 @@ struct PeerResponder: HTTPResponder {
     }
 
     /// `POST /v1/peer/raft-stream`: a peer's long-lived stream of Raft batches for this node's
-    /// partitions, one authenticated frame each (``PeerStreamFrame``), stepped in order. The
-    /// opening must prove the secret (else 401) and name this node's partition count (else
-    /// 409); then the answer is 200 at once and ends only when this node stops reading: the
-    /// peer's stream ended, or a frame was bad (logged; the peer opens a new stream).
-    /// Everything this node sends back travels on its own stream to the peer.
+    /// partitions, one authenticated frame each (``PeerStreamFrame``), stepped in order. Served
+    /// by ``PeerStreamHandler`` on the event loop: what reaches here is an opening it did not
+    /// take, answered with why — not proving the secret (401), not a POST (405), another
+    /// partition count (409) — or, should it have passed every check here after all (the
+    /// replication just started), 503 for the peer to open the stream again.
     func raftStream(_ request: Request) -> Hummingbird.Response {
-        let stream: String
-        switch opening(request) {
-        case .failure(let refusal): return refusal.response
-        case .success(let name): stream = name
-        }
+        if case .failure(let refusal) = opening(request) { return refusal.response }
         guard let replication = cluster.replication else { return Self.answer(.serviceUnavailable, "replication is starting") }
         let theirs = request.headers[HTTPField.Name(PeerConnection.partitionsHeader)!].flatMap { Int($0) }
         guard theirs == replication.partitionCount else {
             logger.error("a peer has a different partition count", metadata: ["theirs": "\(theirs.map(String.init) ?? "none")", "ours": "\(replication.partitionCount)"])
             return Self.answer(.conflict, "this node has \(replication.partitionCount) partitions, the sender \(theirs.map(String.init) ?? "did not say")")
         }
-        let auth = self.auth
-        let logger = self.logger
-        var headers = HTTPFields()
-        headers[.contentType] = "application/x-skein-peer-stream"
-        return Hummingbird.Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            do {
-                // A stream never ends by itself: stop reading when the node shuts down, so the
-                // server's graceful stop does not wait for the peer.
-                try await cancelWhenGracefulShutdown {
-                    var pending = ByteBuffer()
-                    var sequence: UInt64 = 0
-                    let key = auth.frameKey(stream: stream)
-                    for try await chunk in request.body {
-                        pending.writeImmutableBuffer(chunk)
-                        while let payload = try PeerStreamFrame.next(from: &pending, sequence: sequence, key: key, limit: PeerLimits.maxRaftBody) {
-                            sequence += 1
-                            let batch = try RaftCodec.decode(payload)
-                            guard batch.partitionCount == replication.partitionCount else {
-                                throw PeerStreamFrame.Refused(description: "a batch for \(batch.partitionCount) partitions; this node has \(replication.partitionCount)")
-                            }
-                            replication.submit(.batch(batch))
-                        }
-                    }
-                }
-            } catch let refused as PeerStreamFrame.Refused {
-                logger.warning("stopped reading a raft stream", metadata: ["why": "\(refused)"])
-            } catch let malformed as RaftCodecError {
-                logger.warning("stopped reading a raft stream", metadata: ["why": "\(malformed)"])
-            } catch {
-                // Shutdown, or the peer went away: its next stream starts afresh.
-                logger.debug("a raft stream ended", metadata: ["why": "\(error)"])
-            }
-            try await writer.finish(nil)
-        })
+        return Self.answer(.serviceUnavailable, "the stream was not taken; open it again")
+    }
+
+    /// `POST /v1/peer/call-stream`: a peer's long-lived stream of calls (``PeerCalls``), served
+    /// by ``PeerStreamHandler`` on the event loop. What reaches here is an opening it did not
+    /// take: not proving the secret (401) or not a POST (405); else 503, to open it again.
+    func callStream(_ request: Request) -> Hummingbird.Response {
+        if case .failure(let refusal) = opening(request) { return refusal.response }
+        return Self.answer(.serviceUnavailable, "the stream was not taken; open it again")
+    }
+
+    /// One call: its route's answer, as status and body.
+    static func serve(_ route: String, _ body: [UInt8], cluster: ClusterHandle) async -> (Int, [UInt8]) {
+        switch route {
+        case KeyValueForwarding.path: (200, await KeyValueForwarding.serve(body, cluster: cluster))
+        case WorkflowRoutes.peerPath: await WorkflowRoutes.serve(body, cluster: cluster, renderer: JSONErrorRenderer())
+        default: (404, Array("no peer call route \(route)".utf8))
+        }
     }
 
     struct Refusal: Error {
