@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import SkeinCluster
 import SkeinStore
 import Synchronization
@@ -60,6 +62,12 @@ struct PartitionStatus: Sendable {
 /// Writers wait until their entry is applied with the term it was proposed in, or, when they
 /// ask (``Resolution/committed(refused:)``), only until this node has committed it.
 actor Replication {
+    /// The event loop this actor runs on (its executor). Its work is short and never blocks
+    /// (the group commit runs on the database's own thread); on a loop, the peers' batches
+    /// and the requests read there reach it, and its messages and answers leave it, without
+    /// waking another thread.
+    nonisolated let loop: any EventLoop
+    nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
     let me: RaftNodeID
     let store: PartitionStore
     let peers: PeerClients
@@ -111,7 +119,9 @@ actor Replication {
 
     init(me: RaftNodeID, voters: [RaftNodeID], store: PartitionStore, peers: PeerClients, logger: Logger,
          isAlive: @escaping @Sendable (RaftNodeID) -> Bool = { _ in true },
-         waitLimit: Duration = .seconds(5), seed: UInt64 = UInt64.random(in: .min ... .max)) throws {
+         waitLimit: Duration = .seconds(5), seed: UInt64 = UInt64.random(in: .min ... .max),
+         loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()) throws {
+        self.loop = loop
         self.me = me
         self.isAlive = isAlive
         self.store = store
@@ -251,7 +261,7 @@ actor Replication {
             defer { inbox.scheduled = true }
             return !inbox.scheduled
         }
-        if schedule { Task { await self.takeInbox() } }
+        if schedule { loop.execute { self.assumeIsolated { $0.takeInbox() } } }
     }
 
     private func takeInbox() {
