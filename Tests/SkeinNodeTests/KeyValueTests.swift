@@ -1,5 +1,5 @@
 import Foundation
-import SkeinNode
+@testable import SkeinNode
 import SkeinStore
 import Testing
 
@@ -29,6 +29,16 @@ import Testing
         let partitions = try #require(cluster["partitions"] as? [[String: Any]])
         #expect(partitions.count == 16)
         #expect(partitions.allSatisfy { $0["leader"] as? String == "n1" })
+    }
+
+    @Test func keysArePercentDecodedAsFoundationDecodesThem() {
+        for raw in ["plain", "a%20b", "user%7B42%7D/profile%20card", "%C3%A9t%C3%A9", "%2f%2F", "100%25", "ü-as-is", ""] {
+            #expect(KeyValueRoutes.decodeKey(raw[...]) == raw.removingPercentEncoding, "\(raw)")
+        }
+        // A malformed escape, or bytes that are not UTF-8: no key.
+        for bad in ["%", "%2", "a%ZZ", "%G0", "%FF", "%C3", "x%C3%28"] {
+            #expect(KeyValueRoutes.decodeKey(bad[...]) == nil, "\(bad)")
+        }
     }
 
     @Test func badInputGetsClearErrors() async throws {

@@ -17,7 +17,7 @@ struct KeyValueRoutes: Sendable {
     let renderer: any ErrorRenderer
 
     func answer(method: HTTPRequest.Method, rawKey: Substring, body: () async throws -> Data, traceparent: String?) async -> Response {
-        guard Self.isValidPercentEncoding(rawKey), let key = String(rawKey).removingPercentEncoding else {
+        guard let key = Self.decodeKey(rawKey) else {
             return render(SkeinError(code: 400, what: "invalid_key", key: String(rawKey), message: "the key is not valid percent-encoding"))
         }
         let store = ReplicatedKeyValueStore(cluster: cluster, limits: limits, traceparent: traceparent)
@@ -53,8 +53,8 @@ struct KeyValueRoutes: Sendable {
     /// task path renders), a read here, no call stream open.
     func answerWithoutTask(method: HTTPRequest.Method, rawKey: Substring, body: ByteBuffer, traceparent: String?,
                            done: @escaping @Sendable (Response?) -> Void) -> Bool {
-        guard let replication = cluster.replication, Self.isValidPercentEncoding(rawKey),
-              let key = String(rawKey).removingPercentEncoding, (try? limits.check(key: key)) != nil else { return false }
+        guard let replication = cluster.replication, let key = Self.decodeKey(rawKey),
+              (try? limits.check(key: key)) != nil else { return false }
         let op: KVOperation
         switch method {
         case .get: op = .get(key: key)
@@ -106,6 +106,33 @@ struct KeyValueRoutes: Sendable {
         var response = Response(status: .ok, body: Data(value))
         response.headers[.contentType] = "application/octet-stream"
         return response
+    }
+
+    /// The key a path's rest spells, percent-decoded; nil when an escape is malformed or the
+    /// bytes are not UTF-8. (Foundation's `removingPercentEncoding` cost 2% of a write's CPU.)
+    static func decodeKey(_ raw: Substring) -> String? {
+        guard raw.utf8.contains(UInt8(ascii: "%")) else { return String(raw) }
+        guard isValidPercentEncoding(raw) else { return nil }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(raw.utf8.count)
+        var utf8 = raw.utf8.makeIterator()
+        while let b = utf8.next() {
+            guard b == UInt8(ascii: "%") else {
+                bytes.append(b)
+                continue
+            }
+            let high = hexValue(utf8.next()!), low = hexValue(utf8.next()!)
+            bytes.append(high << 4 | low)
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ digit: UInt8) -> UInt8 {
+        switch digit {
+        case 48...57: digit - 48
+        case 65...70: digit - 55
+        default: digit - 87
+        }
     }
 
     /// Every `%` starts two hex digits (Foundation passes some malformed escapes through).
