@@ -122,10 +122,12 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Whether this handler reads and answers the request (else it passes on to Hummingbird).
     private func readsHere(_ head: HTTPRequest) -> Bool {
-        guard head.method != .head, head.headerFields[.connection] == nil, head.headerFields[.expect] == nil else { return false }
+        // (`contains` and `values`: the subscript by name joins every value into a new string.)
+        guard head.method != .head, !head.headerFields.contains(.connection), !head.headerFields.contains(.expect) else { return false }
         // A body announced over the limit is Hummingbird's 413 at once.
-        if let length = head.headerFields[.contentLength] {
-            guard let length = Int(length), length <= responder.settings.maxBodySize else { return false }
+        let lengths = head.headerFields[values: .contentLength]
+        if !lengths.isEmpty {
+            guard lengths.count == 1, let length = Int(lengths[0]), length <= responder.settings.maxBodySize else { return false }
         }
         return true
     }
