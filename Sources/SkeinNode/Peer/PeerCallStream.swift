@@ -1,11 +1,7 @@
-import HTTPTypes
-import Hummingbird
 import Logging
 import NIOCore
 import NIOHTTP1
-import ServiceLifecycle
 import SkeinCluster
-import SkeinPipeline
 import Synchronization
 
 /// Calls to a peer (forwarded key-value operations and workflow requests) multiplexed on one

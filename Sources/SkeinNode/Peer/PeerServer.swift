@@ -7,7 +7,6 @@ import HummingbirdCore
 import HummingbirdHTTP2
 import Logging
 import NIOCore
-import ServiceLifecycle
 import SkeinCluster
 
 /// The peer port's connections: HTTP/2 with prior knowledge only (anything else fails the

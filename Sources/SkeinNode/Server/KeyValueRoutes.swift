@@ -6,8 +6,8 @@ import SkeinPipeline
 import SkeinStore
 
 /// `GET|PUT|DELETE /v1/kv/{key}` on the client port (CONTRACT.md): the replicated store.
-/// The key is the rest of the path, percent-decoded. PUT answers 204 once the write is
-/// applied on the partition leader after a majority of voters fsynced it; GET answers the
+/// The key is the rest of the path, percent-decoded. PUT answers 204 once a majority of
+/// voters has fsynced the write (committed; reads wait until it is applied); GET answers the
 /// bytes exactly as written or 404; DELETE answers 204. While the partition has no leader:
 /// 503 with `Retry-After: 1`.
 struct KeyValueRoutes: Sendable {
