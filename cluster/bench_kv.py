@@ -10,6 +10,8 @@ In one run, on one disk:
        over the three nodes, cycling through 2,000 keys per node: acknowledged writes/s, p50/p99 over
        every request (h2load's per-request log), fsyncs (group commits) per write;
      - dqlite (dqlite-demo, Debian's go-dqlite), 3 nodes, the same load on its `PUT /key`.
+     The three nodes of each share the machine: each gets its share of the cores (a Skein
+     node's --event-loops, a dqlite node's GOMAXPROCS).
      The machine's speed drifts by 10-20% within a minute on shared hosts; alternating short
      rounds cancels most of it; the spread of the per-round ratios and a 95% interval of the
      ratio are printed.
@@ -35,7 +37,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_nodes import Nodes  # noqa: E402
+from bench_nodes import Nodes, core_share  # noqa: E402
 
 BIN = sys.argv[1]
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
@@ -255,7 +257,9 @@ def dqlite_round(workdir, base, r):
             args = ["dqlite-demo", "-a", f"127.0.0.1:{api[i]}", "-d", f"127.0.0.1:{db[i]}", "-D", d]
             if i > 0:
                 args += ["-j", f"127.0.0.1:{db[0]}"]
-            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            # Its share of the cores, as each Skein node gets (--event-loops).
+            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          env={**os.environ, "GOMAXPROCS": str(core_share(3))}))
             # Each joins the one before it is up.
             deadline = time.time() + 20
             while time.time() < deadline:
@@ -298,6 +302,8 @@ def main():
     try:
         floor = fsync_floor(work)
         print(f"fsync floor: SQLite WAL synchronous=FULL, one row per commit: {floor:,.0f} commits/s", file=sys.stderr)
+        print(f"threads: the 3 nodes of each system share {os.cpu_count()} cores: each Skein node runs --event-loops {core_share(3)}, "
+              f"each dqlite node GOMAXPROCS={core_share(3)}", file=sys.stderr)
 
         skein_loads, dq_loads, commits = [], [], 0
         for r in range(ROUNDS):

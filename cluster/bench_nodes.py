@@ -7,6 +7,11 @@ import tempfile
 import urllib.request
 
 
+def core_share(count):
+    """Each of `count` processes sharing this machine gets this many cores' worth of threads."""
+    return max(1, (os.cpu_count() or 1) // count)
+
+
 class Nodes:
     """n1…nN with client ports base+1…, peer ports base+1001…, fresh data under a temp dir."""
 
@@ -26,7 +31,7 @@ class Nodes:
         self.procs[i] = subprocess.Popen(
             [self.binary, "node", "--name", f"n{i + 1}", "--listen", f"127.0.0.1:{self.client[i]}",
              "--peer", f"127.0.0.1:{self.peer[i]}", "--seeds", seeds, "--data", data, "--log-level", "notice",
-             "--slow-request-ms", "1000000"],
+             "--slow-request-ms", "1000000", "--event-loops", str(core_share(len(self.procs)))],
             stdout=log, stderr=log, env={**os.environ, "SKEIN_CLUSTER_SECRET": self.secret})
 
     def view(self, i, timeout=2):

@@ -55,6 +55,8 @@ start_node() {  # start_node NAME: start nI in the background with the cluster's
   mkdir -p "$data/$name"
   local bin; bin="$(skein_bin)"
   local secret; secret="$(cat "$data/secret")"
+  # The nodes share this machine: each gets its share of the cores as event loops.
+  local loops=$(( $(nproc) / size )); [ "$loops" -ge 1 ] || loops=1
   (
     # The node outlives this script: it must not hold any descriptor the caller inherited
     # (a caller that waits for the script's pipes to close would wait for the node).
@@ -63,7 +65,7 @@ start_node() {  # start_node NAME: start nI in the background with the cluster's
     done
     SKEIN_CLUSTER_SECRET="$secret" exec nohup "$bin" node --name "$name" \
       --listen "127.0.0.1:$((base + i))" --peer "127.0.0.1:$((base + 1000 + i))" \
-      --seeds "$seeds" --data "$data/$name" </dev/null >>"$data/$name/node.log" 2>&1
+      --seeds "$seeds" --event-loops "$loops" --data "$data/$name" </dev/null >>"$data/$name/node.log" 2>&1
   ) &
   echo $! >"$data/$name/pid"
 }

@@ -95,7 +95,7 @@ public final class SkeinNode: Service, Sendable {
     public func run() async throws {
         let compute = NIOThreadPool(numberOfThreads: settings.computeThreads)
         compute.start()
-        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(timeout: .init(connect: .seconds(5))))
+        let http = HTTPClient(eventLoopGroupProvider: .shared(cluster.loops), configuration: .init(timeout: .init(connect: .seconds(5))))
         let renderer = JSONErrorRenderer()
         let performer = NodeEffectPerformer(
             keyValue: ReplicatedKeyValueStore(cluster: cluster, limits: KeyValueLimits(maxValueBytes: settings.maxBodySize)),
@@ -128,6 +128,7 @@ public final class SkeinNode: Service, Sendable {
                 logger.info("serving", metadata: ["client": "\(settings.listen.host):\(port)", "data": "\(settings.data)"])
                 await onServing(port)
             },
+            eventLoopGroupProvider: .shared(cluster.loops),
             logger: logger)
         let cluster = self.cluster
         let (peerPorts, peerPort) = AsyncStream.makeStream(of: Int.self)
@@ -142,6 +143,7 @@ public final class SkeinNode: Service, Sendable {
                 peerPort.yield(channel.localAddress?.port ?? settings.peer.port)
                 peerPort.finish()
             },
+            eventLoopGroupProvider: .shared(cluster.loops),
             logger: logger)
         var failure: (any Error)?
         var failedPort: (HostPort, String)?
@@ -200,6 +202,7 @@ public final class SkeinNode: Service, Sendable {
         await cluster.peers.closeAll()
         try? await http.shutdown()
         try? await compute.shutdownGracefully()
+        if cluster.ownsLoops { try? await cluster.loops.shutdownGracefully() }
         let (address, flag) = failedPort ?? (settings.listen, "--listen")
         switch failure {
         case nil:

@@ -41,6 +41,7 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: help("traceBuffer")) var traceBuffer: String?
     @Option(help: help("logLevel")) var logLevel: String?
     @Option(help: help("computeThreads")) var computeThreads: String?
+    @Option(help: help("eventLoops")) var eventLoops: String?
     @Option(help: help("partitions")) var partitions: String?
     @Option(help: help("otlpEndpoint")) var otlpEndpoint: String?
     @Option(help: help("otlpProtocol")) var otlpProtocol: String?
@@ -57,7 +58,7 @@ struct NodeCommand: AsyncParsableCommand {
         let given: [(String, String?)] = [
             ("name", name), ("listen", listen), ("peer", peer), ("seeds", seeds), ("data", data),
             ("clusterSecret", clusterSecret), ("maxBodySize", maxBodySize), ("slowRequestMs", slowRequestMs),
-            ("traceBuffer", traceBuffer), ("logLevel", logLevel), ("computeThreads", computeThreads),
+            ("traceBuffer", traceBuffer), ("logLevel", logLevel), ("computeThreads", computeThreads), ("eventLoops", eventLoops),
             ("partitions", partitions), ("otlpEndpoint", otlpEndpoint), ("otlpProtocol", otlpProtocol),
         ]
         for case let (key, value?) in given { flags[key] = value }

@@ -31,6 +31,20 @@ import Testing
         #expect(partitions.allSatisfy { $0["leader"] as? String == "n1" })
     }
 
+    /// `--event-loops 1`: the ports, the peer connections and replication share the node's
+    /// one loop; writes and reads still go through, and the node stops gracefully.
+    @Test func aNodeOnItsOwnSingleEventLoopServesAndStops() async throws {
+        let node = try await TestNode.start { $0.eventLoops = 1 }
+        try await node.waitForPartitions()
+        for i in 0..<20 {
+            #expect(try await node.request("PUT", "/v1/kv/one-loop-\(i)", body: "v\(i)").status == 204)
+        }
+        for i in 0..<20 {
+            #expect(try await node.request("GET", "/v1/kv/one-loop-\(i)").text == "v\(i)")
+        }
+        await node.stop()
+    }
+
     @Test func keysArePercentDecodedAsFoundationDecodesThem() {
         for raw in ["plain", "a%20b", "user%7B42%7D/profile%20card", "%C3%A9t%C3%A9", "%2f%2F", "100%25", "ü-as-is", ""] {
             #expect(KeyValueRoutes.decodeKey(raw[...]) == raw.removingPercentEncoding, "\(raw)")

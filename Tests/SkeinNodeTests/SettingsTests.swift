@@ -33,6 +33,9 @@ import Testing
             (["name": "has space"], "--name"),
             (["otlpEndpoint": "localhost:4318"], "--otlp-endpoint"),
             (["otlpProtocol": "grpc"], "--otlp-protocol"),
+            (["eventLoops": "0"], "--event-loops"),
+            (["eventLoops": "257"], "--event-loops"),
+            (["eventLoops": "two"], "--event-loops"),
         ]
         for (flags, named) in cases {
             await #expect {
@@ -54,6 +57,12 @@ import Testing
             "SKEIN_OTLP_ENDPOINT": "http://collector:4318/", "SKEIN_OTLP_PROTOCOL": "http/json"])
         #expect(on.otlpEndpoint == "http://collector:4318")
         #expect(on.otlpProtocol == .json)
+    }
+
+    @Test func eventLoopsAreSharedUntilACountIsGiven() async throws {
+        #expect(try await NodeSettings.load(flags: [:], configFile: nil, environment: [:]).eventLoops == nil)
+        #expect(try await NodeSettings.load(flags: [:], configFile: nil, environment: ["SKEIN_EVENT_LOOPS": "1"]).eventLoops == 1)
+        #expect(try await NodeSettings.load(flags: ["eventLoops": "3"], configFile: nil, environment: ["SKEIN_EVENT_LOOPS": "1"]).eventLoops == 3)
     }
 
     @Test func namesAreDerivedOneWay() {

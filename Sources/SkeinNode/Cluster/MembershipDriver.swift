@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import Metrics
+import NIOCore
+import NIOPosix
 import SkeinCluster
 import SkeinStore
 import SkeinWorkflow
@@ -151,12 +153,25 @@ final class ClusterHandle: Sendable {
     private let replicationDriver = Mutex<Replication?>(nil)
     private let workflowEngine = Mutex<WorkflowEngine?>(nil)
 
+    /// The node's event loops: the client and peer ports, the peer connections and the
+    /// replication actor run on them.
+    let loops: any EventLoopGroup
+    /// Whether ``loops`` is the node's own group (`--event-loops`), shut down as the node stops.
+    let ownsLoops: Bool
+
     init(settings: NodeSettings, generation: UInt64, auth: PeerAuth, logger: Logger) {
         self.settings = settings
         self.generation = generation
         self.auth = auth
         self.logger = logger
-        peers = PeerClients(auth: auth, traffic: traffic, logger: logger)
+        if let count = settings.eventLoops {
+            loops = MultiThreadedEventLoopGroup(numberOfThreads: count)
+            ownsLoops = true
+        } else {
+            loops = MultiThreadedEventLoopGroup.singleton
+            ownsLoops = false
+        }
+        peers = PeerClients(auth: auth, traffic: traffic, logger: logger, loops: loops)
     }
 
     var membership: MembershipDriver? { driver.withLock { $0 } }
@@ -185,7 +200,7 @@ final class ClusterHandle: Sendable {
         guard let me = raftID else { throw PeerCallError(description: "the peer port is not bound yet") }
         let voters = voters(me: me)
         let created = try Replication(me: me, voters: voters, store: store, peers: peers, logger: logger,
-                                      isAlive: { [weak self] peer in self?.member(peer: peer)?.state == .alive })
+                                      isAlive: { [weak self] peer in self?.member(peer: peer)?.state == .alive }, loop: loops.next())
         replicationDriver.withLock { $0 = created }
         logger.info(voters.contains(me) ? "replicating as a voter" : "replicating as a non-voter (not in --seeds): forwarding to leaders",
                     metadata: ["partitions": "\(store.partitions)", "voters": "\(voters.joined(separator: ","))"])

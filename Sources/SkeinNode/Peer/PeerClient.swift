@@ -27,6 +27,8 @@ actor PeerConnection {
     let traffic: PeerTraffic
     let logger: Logger
     let callTimeout: TimeAmount
+    /// The event loops its connection is made on (the node's).
+    let loops: any EventLoopGroup
 
     private var channel: (any Channel)?
     private var multiplexer: NIOHTTP2Handler.AsyncStreamMultiplexer<Void>?
@@ -48,7 +50,8 @@ actor PeerConnection {
     private let calls = Mutex<PeerCallStream?>(nil)
     private var openingCalls: Task<PeerCallStream, any Error>?
 
-    init(address: String, auth: PeerAuth, traffic: PeerTraffic, logger: Logger, callTimeout: TimeAmount = .seconds(2)) throws {
+    init(address: String, auth: PeerAuth, traffic: PeerTraffic, logger: Logger, callTimeout: TimeAmount = .seconds(2),
+         loops: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
             throw PeerCallError(description: "bad peer address \(address)")
         }
@@ -58,6 +61,7 @@ actor PeerConnection {
         self.traffic = traffic
         self.logger = logger
         self.callTimeout = callTimeout
+        self.loops = loops
     }
 
     /// POSTs `body` to `path` on the peer and returns its answer. Only getting the connection
@@ -263,7 +267,7 @@ actor PeerConnection {
 
     private func connect() async throws -> NIOHTTP2Handler.AsyncStreamMultiplexer<Void> {
         let traffic = self.traffic
-        let (channel, multiplexer) = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let (channel, multiplexer) = try await ClientBootstrap(group: loops)
             .connectTimeout(.seconds(1))
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -331,16 +335,19 @@ final class PeerClients: Sendable {
     let logger: Logger
     private let connections = Mutex<[String: PeerConnection]>([:])
 
-    init(auth: PeerAuth, traffic: PeerTraffic, logger: Logger) {
+    let loops: any EventLoopGroup
+
+    init(auth: PeerAuth, traffic: PeerTraffic, logger: Logger, loops: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.auth = auth
         self.traffic = traffic
         self.logger = logger
+        self.loops = loops
     }
 
     func connection(to address: String) throws -> PeerConnection {
         try connections.withLock { connections in
             if let existing = connections[address] { return existing }
-            let connection = try PeerConnection(address: address, auth: auth, traffic: traffic, logger: logger)
+            let connection = try PeerConnection(address: address, auth: auth, traffic: traffic, logger: logger, loops: loops)
             connections[address] = connection
             return connection
         }

@@ -18,6 +18,9 @@ public struct NodeSettings: Sendable, Equatable {
     public var traceBuffer: Int = 1024
     public var logLevel: Logger.Level = .info
     public var computeThreads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// SwiftNIO event-loop threads of this node's own; nil: SwiftNIO's shared group (one loop
+    /// per core, or `NIO_SINGLETON_GROUP_LOOP_COUNT`).
+    public var eventLoops: Int?
     public var partitions: Int = 16
     /// The OpenTelemetry collector's base URL (spans go to `<url>/v1/traces`); nil: no export.
     public var otlpEndpoint: String?
@@ -44,6 +47,7 @@ public struct NodeSettings: Sendable, Equatable {
         ("traceBuffer", "N", "timelines of recent requests kept for GET /v1/traces/{id} (default 1024)"),
         ("logLevel", "LEVEL", "trace, debug, info, notice, warning, error or critical (default info)"),
         ("computeThreads", "N", "threads running compute effects (default: the number of cores)"),
+        ("eventLoops", "N", "event-loop threads serving the client and peer ports and replication (default: the number of cores); nodes sharing a machine do better with their share of its cores each"),
         ("partitions", "N", "partitions of the replicated log, fixed when the cluster is created (default 16)"),
         ("otlpEndpoint", "URL", "OpenTelemetry collector to export spans to over OTLP/HTTP, e.g. http://127.0.0.1:4318 (spans go to <URL>/v1/traces; default: no export)"),
         ("otlpProtocol", "PROTOCOL", "http/protobuf or http/json (default http/protobuf)"),
@@ -127,6 +131,10 @@ public struct NodeSettings: Sendable, Equatable {
         if let v = try number("slowRequestMs") { settings.slowRequestMs = v }
         if let v = try integer("traceBuffer", min: 1) { settings.traceBuffer = v }
         if let v = try integer("computeThreads", min: 1) { settings.computeThreads = v }
+        if let v = try integer("eventLoops", min: 1) {
+            guard v <= 256 else { throw SettingsError(setting: "eventLoops", message: "\(describe("eventLoops")) is at most 256, not \(v)") }
+            settings.eventLoops = v
+        }
         if let v = try integer("partitions", min: 1) {
             guard v <= 4096 else { throw SettingsError(setting: "partitions", message: "\(describe("partitions")) is at most 4096, not \(v)") }
             settings.partitions = v
