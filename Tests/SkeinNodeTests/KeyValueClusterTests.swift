@@ -93,6 +93,21 @@ struct LinearizabilityCheckerTests {
         }
         #expect(results.reads >= 200, "most reads were answered: \(results.reads) of 240")
         #expect(results.stale.count == 0, "\(results.stale.count) reads right after their write missed it: \(results.stale.prefix(5))")
+        // The Raft and call streams' frames are counted within the peer traffic, both ways.
+        for node in nodes {
+            let gossip = try #require(await Self.gossip(node))
+            #expect(gossip.streamBytesOut > 0 && gossip.streamBytesIn > 0, "\(gossip)")
+            #expect(gossip.streamBytesOut <= gossip.bytesOut && gossip.streamBytesIn <= gossip.bytesIn, "\(gossip)")
+        }
+    }
+
+    struct Gossip: Decodable { let bytesIn: Int; let bytesOut: Int; let streamBytesIn: Int; let streamBytesOut: Int }
+
+    static func gossip(_ node: NodeProcess) async -> Gossip? {
+        struct View: Decodable { let gossip: Gossip }
+        guard let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(node.client)/v1/cluster"), timeout: .seconds(1)),
+              response.status == .ok, let body = try? await response.body.collect(upTo: 1 << 20) else { return nil }
+        return try? JSONDecoder().decode(View.self, from: Data(body.readableBytesView)).gossip
     }
 
     @Test func writesSurviveLeaderKillsAndHistoriesAreLinearizable() async throws {

@@ -103,6 +103,8 @@ enum PeerCalls {
 /// are idempotent).
 final class PeerCallStream: Sendable {
     let channel: any Channel
+    /// The connection's traffic figures, its frames counted in them.
+    let traffic: PeerTraffic
     let name: String
     let auth: PeerAuth
     let peer: String
@@ -132,7 +134,8 @@ final class PeerCallStream: Sendable {
     }
 
 
-    init(channel: any Channel, name: String, auth: PeerAuth, peer: String) {
+    init(channel: any Channel, name: String, auth: PeerAuth, peer: String, traffic: PeerTraffic) {
+        self.traffic = traffic
         self.channel = channel
         self.name = name
         self.auth = auth
@@ -214,6 +217,7 @@ final class PeerCallStream: Sendable {
         guard !calls.isEmpty else { return }
         if more { channel.eventLoop.execute { self.writeQueued() } }
         let frame = PeerStreamFrame.encode(PeerCalls.encode(calls), sequence: sequence, key: callKey)
+        traffic.streamFrameOut(frame.readableBytes)
         channel.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(frame))).whenFailure { error in
             self.close(why: "the call stream to \(self.peer) broke (\(error))")
         }
@@ -269,6 +273,7 @@ final class PeerCallAnswerReader: ChannelInboundHandler {
         case .body where refused:
             break
         case .body(var chunk):
+            stream.traffic.streamFrameIn(chunk.readableBytes)
             buffer.writeBuffer(&chunk)
             do {
                 while let payload = try PeerStreamFrame.next(from: &buffer, sequence: sequence, key: stream.answerKey, limit: PeerLimits.maxRaftBody) {

@@ -132,6 +132,7 @@ actor PeerConnection {
         return raftStream.withLock { stream -> Bool in
             guard var current = stream, current.channel.isActive else { return false }
             let frame = PeerStreamFrame.encode(payload, sequence: current.sequence, key: current.key)
+            traffic.streamFrameOut(frame.readableBytes)
             current.sequence += 1
             stream = current
             let channel = current.channel
@@ -193,8 +194,9 @@ actor PeerConnection {
         let peer = "\(host):\(port)"
         let auth = self.auth
         let logger = self.logger
+        let traffic = self.traffic
         let (_, stream) = try await openStream(path: PeerCalls.path) { channel, name in
-            let stream = PeerCallStream(channel: channel, name: name, auth: auth, peer: peer)
+            let stream = PeerCallStream(channel: channel, name: name, auth: auth, peer: peer, traffic: traffic)
             try channel.pipeline.syncOperations.addHandler(PeerCallAnswerReader(stream: stream, logger: logger))
             return stream
         }
@@ -380,6 +382,18 @@ final class PeerTraffic: Sendable {
     /// Peer requests (HTTP/2 streams) this node made and answered.
     let requestsOut = Atomic<Int>(0)
     let requestsIn = Atomic<Int>(0)
+    /// Of those bytes, the Raft and call streams' frames, each with its HTTP/2 DATA frame
+    /// header: what is left is membership's gossip, the other peer requests and the
+    /// connections' own upkeep.
+    let streamBytesIn = Atomic<Int>(0)
+    let streamBytesOut = Atomic<Int>(0)
+
+    /// A stream frame of `bytes` on the wire: the bytes, and a 9-byte DATA frame header per
+    /// 16 KiB (HTTP/2's default largest frame).
+    static func onWire(_ bytes: Int) -> Int { bytes + 9 * max(1, (bytes + 16_383) / 16_384) }
+
+    func streamFrameOut(_ bytes: Int) { streamBytesOut.add(Self.onWire(bytes), ordering: .relaxed) }
+    func streamFrameIn(_ bytes: Int) { streamBytesIn.add(Self.onWire(bytes), ordering: .relaxed) }
 }
 
 /// Counts the bytes that cross a peer connection's socket.

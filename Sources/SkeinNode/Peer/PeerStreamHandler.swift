@@ -64,6 +64,7 @@ final class PeerStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .head:
                 stop(context: context, why: "a second request head")
             case .body(var chunk):
+                cluster.traffic.streamFrameIn(chunk.readableBytes)
                 pending.writeBuffer(&chunk)
                 readFrames(context: context)
             case .end:
@@ -159,6 +160,7 @@ final class PeerStreamHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// On the event loop: one frame of answers.
     fileprivate func write(_ frame: ByteBuffer, context: ChannelHandlerContext) {
+        cluster.traffic.streamFrameOut(frame.readableBytes)
         context.writeAndFlush(wrapOutboundOut(.body(frame)), promise: nil)
     }
 

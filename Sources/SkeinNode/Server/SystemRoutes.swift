@@ -71,6 +71,9 @@ struct ClusterView: Codable, Sendable {
         let bytesOut: Int
         let requestsIn: Int?
         let requestsOut: Int?
+        /// Of the bytes, the Raft and call streams' frames.
+        let streamBytesIn: Int?
+        let streamBytesOut: Int?
     }
 
     let node: String
@@ -100,7 +103,8 @@ struct ClusterView: Codable, Sendable {
         } ?? []
         log = cluster.replication.map { Log(commits: $0.commits.load(ordering: .relaxed), entries: $0.entriesPersisted.load(ordering: .relaxed)) }
         gossip = Traffic(bytesIn: cluster.traffic.bytesIn.load(ordering: .relaxed), bytesOut: cluster.traffic.bytesOut.load(ordering: .relaxed),
-                         requestsIn: cluster.traffic.requestsIn.load(ordering: .relaxed), requestsOut: cluster.traffic.requestsOut.load(ordering: .relaxed))
+                         requestsIn: cluster.traffic.requestsIn.load(ordering: .relaxed), requestsOut: cluster.traffic.requestsOut.load(ordering: .relaxed),
+                         streamBytesIn: cluster.traffic.streamBytesIn.load(ordering: .relaxed), streamBytesOut: cluster.traffic.streamBytesOut.load(ordering: .relaxed))
     }
 }
 
