@@ -560,13 +560,16 @@ actor Replication {
         guard !readies.isEmpty else { return }
         writing = true
         let writes = readies.map { PartitionWrite(partition: $0.0, ready: $0.1) }
-        let store = self.store
-        Task {
-            do {
-                let result = try await store.commit(writes)
-                self.committed(readies, snapshots: result.snapshots, applied: result.applied)
-            } catch {
-                self.storageFailed(error)
+        // The outcome comes back straight from the writer thread to this actor's loop.
+        let taken = readies
+        store.commit(writes) { result in
+            self.loop.execute {
+                self.assumeIsolated { me in
+                    switch result {
+                    case .success(let r): me.committed(taken, snapshots: r.snapshots, applied: r.applied)
+                    case .failure(let error): me.storageFailed(error)
+                    }
+                }
             }
         }
     }
