@@ -238,9 +238,10 @@ public final class PartitionStore: Sendable {
 
     /// Persists and applies one group commit, then hands the outcome (the snapshot bytes asked
     /// for, taken before that partition's entries were applied, and what each applied entry
-    /// did) to `done` on the database's writer thread. No task stands in between: the caller's
-    /// next step (on its event loop, say) is one thread hop away, not three (a task, the
-    /// writer's queue, the task's resumption). Measured: ×1.03 writes/s, ×0.96 CPU per write.
+    /// did) to `done` on the database's writer thread. No task stands in between: the caller
+    /// (on its event loop, say) is one thread hop from the writer each way, with none through
+    /// the cooperative pool. Measured against a task awaiting the write, ten pairs: ×1.068
+    /// writes/s, ×0.936 CPU per write.
     public func commit(_ writes: [PartitionWrite], done: @escaping @Sendable (Result<GroupCommitResult, any Error>) -> Void) {
         database.pool.asyncWriteWithoutTransaction { db in
             done(Result { try self.commit(writes, in: db) })
