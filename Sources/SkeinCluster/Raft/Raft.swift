@@ -275,6 +275,11 @@ public final class Raft {
     public func proposeConfiguration(_ new: RaftConfiguration, now: Duration) -> Result<UInt64, RaftChangeError> {
         guard role == .leader else { return .failure(.notLeader) }
         guard transferee == nil else { return .failure(.transferring) }
+        // A new leader may hold an uncommitted change of an earlier term it does not know of
+        // (it was appended on a minority only); a change of its own on top could then form a
+        // majority disjoint from that one's. Committing its own no-op first settles every
+        // earlier entry (the single-server change bug, Ongaro, raft-dev 2015).
+        guard commit >= termStartIndex || breaks(.configurationBeforeNoop) else { return .failure(.termNotCommitted) }
         guard configurationIndex <= commit else { return .failure(.changeInProgress) }
         let oldVoters = Set(configuration.voters), newVoters = Set(new.voters)
         guard oldVoters.symmetricDifference(newVoters).count <= 1 else { return .failure(.moreThanOneVoter) }
@@ -478,7 +483,7 @@ public final class Raft {
         persistedIndex = min(persistedIndex, unstableFrom - 1)
         applied = max(applied, done.committedTo)
         if role == .leader {
-            progress[id]?.match = persistedIndex
+            progress[id]?.match = breaks(.countOwnEntriesBeforeFsync) ? log.lastIndex : persistedIndex
             progress[id]?.next = log.lastIndex + 1
             // Followers learn the new commit index from the next append or heartbeat: a
             // message of its own would cost each follower an apply of its own, which delays
@@ -558,7 +563,9 @@ public final class Raft {
 
     private func handleVote(_ m: RaftMessage, preVote: Bool, lastIndex: UInt64, lastTerm: UInt64, now: Duration) {
         let canVote = vote == m.from || (vote == nil && leader == nil) || (preVote && m.term > term)
-        if canVote, configuration.isVoter(id), log.isUpToDate(lastIndex: lastIndex, lastTerm: lastTerm) {
+        // Only a candidate whose log holds every committed entry may win (§5.4.1).
+        let upToDate = log.isUpToDate(lastIndex: lastIndex, lastTerm: lastTerm) || breaks(.voteWithoutLogCheck)
+        if canVote, configuration.isVoter(id), upToDate {
             send(to: m.from, term: m.term, .voteResponse(preVote: preVote, granted: true))
             if !preVote {
                 vote = m.from
@@ -609,6 +616,18 @@ public final class Raft {
     private func appendLocal(_ entry: RaftEntry) {
         log.append(entry)
         if entry.kind == .configuration { applyConfigurationChange(at: entry.index) }
+        // The leader counts itself only for what it has made durable (advance()).
+        if breaks(.countOwnEntriesBeforeFsync) { progress[id]?.match = log.lastIndex }
+    }
+
+    /// Whether a test switched this rule off (debug builds only; always false in release).
+    @inline(__always)
+    private func breaks(_ rule: RaftRuleBreaks) -> Bool {
+        #if DEBUG
+        config.breaks.contains(rule)
+        #else
+        false
+        #endif
     }
 
     private func applyConfigurationChange(at index: UInt64) {
@@ -766,10 +785,14 @@ public final class Raft {
     /// Commits the highest index a quorum of voters has stored, if it is of this term.
     private func maybeCommit() -> Bool {
         var matches = configuration.voters.map { progress[$0]?.match ?? 0 }
-        guard matches.count >= configuration.quorum else { return false }
+        let quorum = breaks(.commitOnLeaderAlone) ? 1 : configuration.quorum
+        guard matches.count >= quorum else { return false }
         matches.sort(by: >)
-        let candidate = matches[configuration.quorum - 1]
-        guard candidate > commit, log.term(at: candidate) == term else { return false }
+        let candidate = breaks(.commitOnLeaderAlone) ? (progress[id]?.match ?? 0) : matches[quorum - 1]
+        // Only an entry of this term is committed by counting replicas (§5.4.2, Figure 8): an
+        // earlier term's entry on a majority can still be overwritten by a leader that never
+        // had it. Committing this term's entry commits the ones before it.
+        guard candidate > commit, log.term(at: candidate) == term || breaks(.commitEarlierTermsByCount) else { return false }
         commit = candidate
         return true
     }
@@ -849,12 +872,13 @@ public final class Raft {
 }
 
 public enum RaftChangeError: Error, Sendable, Equatable, CustomStringConvertible {
-    case notLeader, transferring, changeInProgress, moreThanOneVoter, noVoters, unchanged
+    case notLeader, transferring, termNotCommitted, changeInProgress, moreThanOneVoter, noVoters, unchanged
 
     public var description: String {
         switch self {
         case .notLeader: "this node does not lead the partition"
         case .transferring: "leadership is being handed over"
+        case .termNotCommitted: "the leader has not yet committed an entry of its own term"
         case .changeInProgress: "another configuration change is not committed yet"
         case .moreThanOneVoter: "a change may add or remove one voter at a time"
         case .noVoters: "a configuration needs at least one voter"

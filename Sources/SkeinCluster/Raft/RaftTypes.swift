@@ -140,6 +140,11 @@ public struct RaftConfig: Sendable, Equatable {
     public var maxBytesPerAppend = 4 << 20
     /// Appends in flight to one follower before the leader waits for acknowledgements.
     public var maxInflight = 128
+    #if DEBUG
+    /// Safety rules switched off, for the tests that prove the checkers catch their absence.
+    /// Debug builds only: a release build has no such switch.
+    public var breaks: RaftRuleBreaks = []
+    #endif
 
     public init() {}
 
@@ -191,4 +196,22 @@ public struct RaftStoredState: Sendable {
     public static func fresh(_ configuration: RaftConfiguration) -> RaftStoredState {
         RaftStoredState(hardState: RaftHardState(), snapshot: RaftSnapshotMeta(index: 0, term: 0, configuration: configuration), entries: [], applied: 0)
     }
+}
+
+/// Safety rules of Raft that a test may switch off (``RaftConfig/breaks``, debug builds only)
+/// to prove that a scripted scenario or the simulation's checkers catch their absence.
+public struct RaftRuleBreaks: OptionSet, Sendable, Hashable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+
+    /// Commit an earlier term's entry by counting its replicas (Figure 8, §5.4.2).
+    public static let commitEarlierTermsByCount = RaftRuleBreaks(rawValue: 1 << 0)
+    /// Commit what the leader alone holds, without a quorum.
+    public static let commitOnLeaderAlone = RaftRuleBreaks(rawValue: 1 << 1)
+    /// Grant votes without checking that the candidate's log is up to date (§5.4.1).
+    public static let voteWithoutLogCheck = RaftRuleBreaks(rawValue: 1 << 2)
+    /// Let a new leader change the configuration before its own no-op commits.
+    public static let configurationBeforeNoop = RaftRuleBreaks(rawValue: 1 << 3)
+    /// Let the leader count its own entries toward a quorum before they are durable.
+    public static let countOwnEntriesBeforeFsync = RaftRuleBreaks(rawValue: 1 << 4)
 }
