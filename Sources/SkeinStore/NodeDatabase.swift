@@ -136,6 +136,25 @@ public final class NodeDatabase: Sendable {
                 ALTER TABLE rkv_by_partition RENAME TO rkv;
                 """)
         }
+        // Snapshots stream in chunks: the receiver stages them here until the install, and the
+        // sender walks each table by partition in key order (the indexes below), so a chunk
+        // costs what it holds whatever the partition's size. The older indexes by partition
+        // alone are prefixes of the new ones.
+        migrator.registerMigration("v5: snapshot chunks") { db in
+            try db.execute(sql: """
+                CREATE TABLE raft_snapshot_chunks (
+                    partition INTEGER NOT NULL,
+                    seq INTEGER NOT NULL,
+                    data BLOB NOT NULL,
+                    PRIMARY KEY (partition, seq)
+                ) WITHOUT ROWID;
+                CREATE INDEX wf_instances_partition_id ON wf_instances (partition, id);
+                DROP INDEX wf_results_partition;
+                CREATE INDEX wf_results_partition ON wf_results (partition, instance, key);
+                DROP INDEX wf_timeline_partition;
+                CREATE INDEX wf_timeline_partition ON wf_timeline (partition, seq);
+                """)
+        }
         return migrator
     }
 

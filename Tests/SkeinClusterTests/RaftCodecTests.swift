@@ -12,7 +12,7 @@ struct RaftCodecTests {
         }
         let sentAt = Duration.nanoseconds(Int64(random.below(1 << 40)) - (1 << 39))
         let body: RaftMessage.Body
-        switch random.below(8) {
+        switch random.below(11) {
         case 0:
             let prev = UInt64(random.below(1000))
             body = .append(prevIndex: prev, prevTerm: UInt64(random.below(5)), entries: entries(after: prev), commit: UInt64(random.below(1000)), sentAt: sentAt)
@@ -22,9 +22,15 @@ struct RaftCodecTests {
         case 4: body = .vote(preVote: random.chance(0.5), lastIndex: random.next(), lastTerm: UInt64(random.below(9)), transferTerm: random.chance(0.5) ? UInt64(random.below(9)) : nil)
         case 5: body = .voteResponse(preVote: random.chance(0.5), granted: random.chance(0.5))
         case 6: body = .timeoutNow
-        default:
+        case 7:
             body = .snapshot(meta: RaftSnapshotMeta(index: UInt64(random.below(1000)), term: 3, configuration: RaftConfiguration(voters: ["a:1", "b:2"], learners: ["c:3"])),
-                             data: (0..<random.below(50)).map { _ in UInt8(random.below(256)) }, sentAt: sentAt)
+                             sentAt: sentAt)
+        case 8: body = .snapshotRequest(index: random.next(), snapshotTerm: UInt64(random.below(9)), sequence: random.below(1 << 20))
+        case 9:
+            body = .snapshotChunk(index: random.next(), snapshotTerm: UInt64(random.below(9)), sequence: random.below(1 << 20),
+                                  data: (0..<random.below(50)).map { _ in UInt8(random.below(256)) }, checksum: UInt32(truncatingIfNeeded: random.next()),
+                                  last: random.chance(0.5))
+        default: body = .snapshotGone(index: random.next(), snapshotTerm: UInt64(random.below(9)))
         }
         return RaftMessage(partition: random.below(partitions), from: "node-ä:9000", to: "n\(random.below(5)):9000", term: random.next() >> random.below(64), body: body)
     }

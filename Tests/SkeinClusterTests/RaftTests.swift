@@ -43,9 +43,9 @@ struct RaftHarness {
                 var s = stored[id]!
                 if let h = ready.hardState { s.hardState = h }
                 if let snap = ready.snapshot {
-                    s.snapshot = snap.meta
+                    s.snapshot = snap
                     s.entries = []
-                    s.applied = snap.meta.index
+                    s.applied = snap.index
                 }
                 if let first = ready.entries.first?.index {
                     s.entries.removeAll { $0.index >= first }

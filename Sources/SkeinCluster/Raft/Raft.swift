@@ -41,7 +41,7 @@ public final class Raft {
     private var unstableFrom: UInt64
     private var persistedIndex: UInt64
     private var handedOutCommitted: UInt64
-    private var pendingSnapshot: (meta: RaftSnapshotMeta, data: [UInt8])?
+    private var pendingSnapshot: RaftSnapshotMeta?
     private var messages: [RaftMessage] = []
     /// Set by a proposal: the appends it calls for are made when the shell next takes
     /// messages (``ready()``, ``takeMessagesThatCanLeave()``), so the proposals that arrive in
@@ -135,6 +135,17 @@ public final class Raft {
     /// How much of the log `peer` is known to hold (leaders only; nil elsewhere or for strangers).
     public func match(of peer: RaftNodeID) -> UInt64? { role == .leader ? progress[peer]?.match : nil }
 
+    /// Whether this leader is sending `peer` a snapshot (its entries are compacted away).
+    public func isSendingSnapshot(to peer: RaftNodeID) -> Bool {
+        role == .leader && progress[peer]?.state == .snapshot
+    }
+
+    /// The bytes of the entries the log holds in memory (after the snapshot point).
+    public var logBytes: Int { log.bytes }
+
+    /// Whether a snapshot received is waiting to be installed (handed out with the next ready).
+    public var hasPendingSnapshot: Bool { pendingSnapshot != nil }
+
     /// The leader's view of each follower, for logs and failure reports.
     public var progressDescription: String {
         progress.keys.sorted().map { id in
@@ -159,7 +170,26 @@ public final class Raft {
     /// the lease, and has applied an entry of its own term (so everything committed before
     /// the term is applied too).
     public func canServeReads(now: Duration) -> Bool {
-        holdsLease(now: now) && applied >= termStartIndex && termStartIndex > 0
+        holdsLease(now: now) && hasAppliedTermStart
+    }
+
+    /// Whether this node leads and has applied its own term's first entry, so every entry of
+    /// an earlier term is applied here.
+    public var hasAppliedTermStart: Bool {
+        role == .leader && termStartIndex > 0 && applied >= termStartIndex
+    }
+
+    /// The furthest point the log may be compacted to while keeping at most `keepEntries`
+    /// applied entries and about `keepBytes` of them for followers a little behind.
+    public func compactionPoint(keepEntries: Int, keepBytes: Int) -> UInt64 {
+        var point = applied
+        var kept = 0, bytes = 0
+        while point > log.snapshot.index, kept < keepEntries, let e = log.entry(at: point), bytes + e.size <= keepBytes {
+            bytes += e.size
+            kept += 1
+            point -= 1
+        }
+        return point
     }
 
     // MARK: - Inputs
@@ -193,6 +223,9 @@ public final class Raft {
             if now >= heartbeatDue {
                 heartbeatDue = nextHeartbeat(after: now)
                 broadcastHeartbeat(now: now)
+                // A lost TimeoutNow would leave the partition without a leader once the
+                // transfer times out (this leader renounced its lease): say it again.
+                if let target = transferee, leaseRenounced { send(to: target, term: term, .timeoutNow) }
             }
         case .follower, .preCandidate, .candidate:
             guard configuration.isVoter(id) else { return }
@@ -304,6 +337,23 @@ public final class Raft {
         }
     }
 
+    /// The host is streaming `peer` the snapshot this leader offered: it is not lost, so the
+    /// offer is not made again (it would be after a few heartbeats without an answer).
+    public func snapshotStreaming(to peer: RaftNodeID, now: Duration) {
+        guard role == .leader, var pr = progress[peer], pr.state == .snapshot else { return }
+        pr.snapshotSentAt = now
+        progress[peer] = pr
+    }
+
+    /// The host gave up sending `peer` its snapshot (the storage failed to read it): probe
+    /// again, which offers a fresh one when the entries are still compacted away.
+    public func snapshotFailed(to peer: RaftNodeID) {
+        guard role == .leader, var pr = progress[peer], pr.state == .snapshot else { return }
+        pr.state = .probe
+        pr.probeSent = false
+        progress[peer] = pr
+    }
+
     /// Forgets log entries up to `index` (at most the applied index): the state machine at
     /// `applied` stands in for them from now on.
     public func compact(to index: UInt64) -> RaftSnapshotMeta? {
@@ -314,7 +364,7 @@ public final class Raft {
     }
 
     public func step(_ m: RaftMessage, now: Duration) {
-        guard m.to == id, m.partition == partition, m.from != id else { return }
+        guard m.to == id, m.partition == partition, m.from != id, !m.isSnapshotTransfer else { return }
         if role == .leader { promiseUntil = max(promiseUntil, now + config.electionTimeout) }
         if m.term > term {
             if case .vote(_, _, _, let transferTerm) = m.body {
@@ -360,9 +410,11 @@ public final class Raft {
             heardFromLeader(m.from, now: now)
             if leaderCommit > commit { commit = min(leaderCommit, log.lastIndex) }
             send(to: m.from, term: term, .heartbeatResponse(commit: commit, sentAt: sentAt))
-        case .snapshot(let meta, let data, let sentAt):
+        case .snapshot(let meta, let sentAt):
             heardFromLeader(m.from, now: now)
-            handleSnapshot(from: m.from, meta: meta, data: data, sentAt: sentAt)
+            handleSnapshot(from: m.from, meta: meta, sentAt: sentAt)
+        case .snapshotRequest, .snapshotChunk, .snapshotGone:
+            return  // the hosts' business (guarded above)
         case .appendResponse(let reject, let index, let hint, let sentAt):
             guard role == .leader else { return }
             handleAppendResponse(from: m.from, reject: reject, index: index, hint: hint, sentAt: sentAt, now: now)
@@ -378,8 +430,8 @@ public final class Raft {
                     pr.next = max(pr.next, followerCommit + 1)
                     if pr.state == .snapshot, followerCommit >= pr.snapshotIndex { pr.state = .probe }
                 }
-                if pr.state == .snapshot, now - pr.snapshotSentAt >= config.heartbeatInterval * 4 {
-                    pr.state = .probe  // the snapshot was lost: try again
+                if pr.state == .snapshot, now - pr.snapshotSentAt >= config.snapshotStall {
+                    pr.state = .probe  // the offer was lost, or the transfer stalled: try again
                 }
                 if pr.state == .replicate, pr.match < log.lastIndex, pr.match == pr.matchAtLastHeartbeat {
                     // No progress for a whole heartbeat interval: appends were lost. Probe
@@ -400,11 +452,13 @@ public final class Raft {
 
     // MARK: - Ready / advance
 
-    /// Whether the next ready has anything to persist or apply (else it is only messages,
-    /// which the shell may send at once without touching the disk).
+    /// Whether the next ready has anything to persist or apply, or offers a snapshot (whose
+    /// state the storage must pin as it stands before the ready's entries apply); else it is
+    /// only messages, which the shell may send at once without touching the disk.
     public var readyNeedsStorage: Bool {
         hardState != persistedHardState || pendingSnapshot != nil || unstableFrom <= log.lastIndex
             || min(commit, log.lastIndex) > handedOutCommitted
+            || messages.contains { if case .snapshot = $0.body { true } else { false } }
     }
 
     public var hasReady: Bool {
@@ -447,7 +501,7 @@ public final class Raft {
         var snapshotIndex: UInt64?
         if let s = pendingSnapshot {
             r.snapshot = s
-            snapshotIndex = s.meta.index
+            snapshotIndex = s.index
             pendingSnapshot = nil
         }
         var lastEntry: UInt64?
@@ -680,7 +734,7 @@ public final class Raft {
                 let at = handedOutCommitted
                 guard let t = log.term(at: at) else { return }
                 let meta = RaftSnapshotMeta(index: at, term: t, configuration: log.configuration(atOrBefore: at))
-                send(to: peer, term: term, .snapshot(meta: meta, data: [], sentAt: now))
+                send(to: peer, term: term, .snapshot(meta: meta, sentAt: now))
                 pr.state = .snapshot
                 pr.snapshotIndex = at
                 pr.snapshotSentAt = now
@@ -836,7 +890,7 @@ public final class Raft {
         send(to: leader, term: term, .appendResponse(reject: false, index: lastNew, hint: log.lastIndex, sentAt: sentAt))
     }
 
-    private func handleSnapshot(from leader: RaftNodeID, meta: RaftSnapshotMeta, data: [UInt8], sentAt: Duration) {
+    private func handleSnapshot(from leader: RaftNodeID, meta: RaftSnapshotMeta, sentAt: Duration) {
         if meta.index <= commit {
             send(to: leader, term: term, .appendResponse(reject: false, index: commit, hint: log.lastIndex, sentAt: sentAt))
             return
@@ -846,7 +900,7 @@ public final class Raft {
             commit = meta.index
         } else {
             log.restore(meta)
-            pendingSnapshot = (meta, data)
+            pendingSnapshot = meta
             commit = meta.index
             handedOutCommitted = meta.index
             unstableFrom = meta.index + 1

@@ -17,7 +17,8 @@ public struct RaftBatch: Sendable, Equatable {
 }
 
 public enum RaftCodec {
-    public static let version: UInt8 = 1
+    /// 2: snapshots travel in chunks the follower asks for, not in one message.
+    public static let version: UInt8 = 2
     public static let maxMessages = 1 << 16
     public static let maxEntries = 1 << 16
     public static let maxPayload = 64 << 20
@@ -51,9 +52,16 @@ public enum RaftCodec {
                 w.byte(6); w.byte(preVote ? 1 : 0); w.byte(granted ? 1 : 0)
             case .timeoutNow:
                 w.byte(7)
-            case .snapshot(let meta, let data, let sentAt):
+            case .snapshot(let meta, let sentAt):
                 w.byte(8); w.varint(meta.index); w.varint(meta.term)
-                w.blob(RaftConfigurationCodec.encode(meta.configuration)); w.blob(data); w.duration(sentAt)
+                w.blob(RaftConfigurationCodec.encode(meta.configuration)); w.duration(sentAt)
+            case .snapshotRequest(let index, let snapshotTerm, let sequence):
+                w.byte(9); w.varint(index); w.varint(snapshotTerm); w.varint(UInt64(sequence))
+            case .snapshotChunk(let index, let snapshotTerm, let sequence, let data, let checksum, let last):
+                w.byte(10); w.varint(index); w.varint(snapshotTerm); w.varint(UInt64(sequence))
+                w.varint(UInt64(checksum)); w.byte(last ? 1 : 0); w.blob(data)
+            case .snapshotGone(let index, let snapshotTerm):
+                w.byte(11); w.varint(index); w.varint(snapshotTerm)
             }
         }
         return w.bytes
@@ -115,8 +123,20 @@ public enum RaftCodec {
                 guard let configuration = RaftConfigurationCodec.decode(try r.blob("configuration", max: 64 << 10)) else {
                     throw WireError("malformed snapshot configuration")
                 }
-                let data = try r.blob("snapshot data", max: maxPayload)
-                body = .snapshot(meta: RaftSnapshotMeta(index: index, term: term, configuration: configuration), data: data, sentAt: try r.duration("sentAt"))
+                body = .snapshot(meta: RaftSnapshotMeta(index: index, term: term, configuration: configuration), sentAt: try r.duration("sentAt"))
+            case 9:
+                body = .snapshotRequest(index: try r.varint("snapshot index"), snapshotTerm: try r.varint("snapshot term"),
+                                        sequence: try r.count("chunk sequence", max: Int(Int32.max)))
+            case 10:
+                let index = try r.varint("snapshot index"), snapshotTerm = try r.varint("snapshot term")
+                let sequence = try r.count("chunk sequence", max: Int(Int32.max))
+                let checksum = try r.varint("chunk checksum")
+                guard checksum <= UInt64(UInt32.max) else { throw WireError("chunk checksum out of range") }
+                let last = try r.bool("last chunk")
+                body = .snapshotChunk(index: index, snapshotTerm: snapshotTerm, sequence: sequence, data: try r.blob("chunk", max: maxPayload),
+                                      checksum: UInt32(checksum), last: last)
+            case 11:
+                body = .snapshotGone(index: try r.varint("snapshot index"), snapshotTerm: try r.varint("snapshot term"))
             case let other:
                 throw WireError("unknown message kind \(other)")
             }

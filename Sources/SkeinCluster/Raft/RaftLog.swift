@@ -3,10 +3,13 @@
 struct RaftLog: Sendable {
     private(set) var snapshot: RaftSnapshotMeta
     private(set) var entries: [RaftEntry]
+    /// The sum of the entries' ``RaftEntry/size``: what compaction by size looks at.
+    private(set) var bytes: Int
 
     init(snapshot: RaftSnapshotMeta, entries: [RaftEntry]) {
         self.snapshot = snapshot
         self.entries = entries
+        bytes = entries.reduce(0) { $0 + $1.size }
         precondition(entries.isEmpty || entries[0].index == snapshot.index + 1, "stored log does not follow its snapshot")
     }
 
@@ -54,19 +57,24 @@ struct RaftLog: Sendable {
     mutating func append(_ entry: RaftEntry) {
         precondition(entry.index == lastIndex + 1, "log append out of order")
         entries.append(entry)
+        bytes += entry.size
     }
 
     /// Drops every entry from `index` on.
     mutating func truncate(from index: UInt64) {
         guard index <= lastIndex else { return }
         precondition(index > snapshot.index, "truncating into the snapshot")
-        entries.removeLast(Int(lastIndex - index + 1))
+        let count = Int(lastIndex - index + 1)
+        bytes -= entries.suffix(count).reduce(0) { $0 + $1.size }
+        entries.removeLast(count)
     }
 
     /// Forgets entries up to `index`, which becomes the snapshot point.
     mutating func compact(to index: UInt64, configuration: RaftConfiguration) {
         guard index > snapshot.index, let t = term(at: index) else { return }
-        entries.removeFirst(Int(index - snapshot.index))
+        let count = Int(index - snapshot.index)
+        bytes -= entries.prefix(count).reduce(0) { $0 + $1.size }
+        entries.removeFirst(count)
         snapshot = RaftSnapshotMeta(index: index, term: t, configuration: configuration)
     }
 
@@ -74,6 +82,7 @@ struct RaftLog: Sendable {
     mutating func restore(_ meta: RaftSnapshotMeta) {
         snapshot = meta
         entries = []
+        bytes = 0
     }
 
     /// The configuration in force at `index`: the last configuration entry at or before it.

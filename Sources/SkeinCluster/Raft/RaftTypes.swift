@@ -88,9 +88,17 @@ public struct RaftMessage: Sendable, Equatable {
         case vote(preVote: Bool, lastIndex: UInt64, lastTerm: UInt64, transferTerm: UInt64?)
         case voteResponse(preVote: Bool, granted: Bool)
         case timeoutNow
-        /// The leader's state at `meta.index`. Raft sends it with empty `data`; the shell
-        /// fills in the state machine's bytes before the message leaves.
-        case snapshot(meta: RaftSnapshotMeta, data: [UInt8], sentAt: Duration)
+        /// The leader offers its state machine at `meta.index`. The state itself never rides
+        /// in a message: the receiving host fetches it in chunks (``snapshotRequest`` and
+        /// ``snapshotChunk``) and steps this offer into Raft only once every chunk is staged.
+        case snapshot(meta: RaftSnapshotMeta, sentAt: Duration)
+        /// Host to host, never stepped into Raft: the follower asks for chunk `sequence` of
+        /// the snapshot at (`index`, `snapshotTerm`).
+        case snapshotRequest(index: UInt64, snapshotTerm: UInt64, sequence: Int)
+        /// Host to host: chunk `sequence` of that snapshot, its CRC-32C, and whether it is the last.
+        case snapshotChunk(index: UInt64, snapshotTerm: UInt64, sequence: Int, data: [UInt8], checksum: UInt32, last: Bool)
+        /// Host to host: the leader no longer serves that snapshot (it restarted, or moved on).
+        case snapshotGone(index: UInt64, snapshotTerm: UInt64)
     }
 
     public var partition: Int
@@ -110,6 +118,14 @@ public struct RaftMessage: Sendable, Equatable {
     public var isVoteRequest: Bool {
         if case .vote = body { return true }
         return false
+    }
+
+    /// Whether the hosts exchange this message about a snapshot's chunks (Raft never sees it).
+    public var isSnapshotTransfer: Bool {
+        switch body {
+        case .snapshotRequest, .snapshotChunk, .snapshotGone: true
+        default: false
+        }
     }
 
     /// A leader's appends and heartbeats, which may leave before its own write is durable;
@@ -140,6 +156,9 @@ public struct RaftConfig: Sendable, Equatable {
     public var maxBytesPerAppend = 4 << 20
     /// Appends in flight to one follower before the leader waits for acknowledgements.
     public var maxInflight = 128
+    /// A snapshot offer counts as lost when its transfer has shown no sign of life this long
+    /// (``Raft/snapshotStreaming(to:now:)``); the leader then probes, and offers anew.
+    public var snapshotStall: Duration = .seconds(3)
     #if DEBUG
     /// Safety rules switched off, for the tests that prove the checkers catch their absence.
     /// Debug builds only: a release build has no such switch.
@@ -159,10 +178,12 @@ public struct RaftConfig: Sendable, Equatable {
 
 /// What the shell must do after feeding Raft: persist (and fsync) `hardState`, `snapshot` and
 /// `entries` — deleting stored entries from `entries.first.index` on first — then send
-/// `messages`, apply `committed` in order, and call ``Raft/advance(_:)``.
+/// `messages`, apply `committed` in order, and call ``Raft/advance(_:)``. A snapshot offer among
+/// `messages` is of the state machine as it stands before `committed` is applied.
 public struct RaftReady: Sendable {
     public var hardState: RaftHardState?
-    public var snapshot: (meta: RaftSnapshotMeta, data: [UInt8])?
+    /// A snapshot to install: the state machine the host has staged, at this point.
+    public var snapshot: RaftSnapshotMeta?
     public var entries: [RaftEntry] = []
     public var messages: [RaftMessage] = []
     public var committed: [RaftEntry] = []

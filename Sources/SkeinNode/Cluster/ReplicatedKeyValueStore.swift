@@ -16,6 +16,9 @@ struct ReplicatedKeyValueStore: KeyValueStore {
     let limits: KeyValueLimits
     /// The caller's W3C `traceparent`, carried along when the request is forwarded.
     var traceparent: String?
+    /// An earlier attempt at this request's write may have happened (its leader did not
+    /// answer): a later attempt's "did not happen" then proves nothing about the first.
+    var writeMayHaveHappened = false
 
     func get(_ key: String) async throws -> Data? {
         try limits.check(key: key)
@@ -59,21 +62,38 @@ struct ReplicatedKeyValueStore: KeyValueStore {
     /// How long a request waits for replication to start or a partition to have a leader
     /// (an election after a leader died) before it is answered 503.
     static let leaderWait: Duration = .seconds(2)
-    static let retryable: Set<String> = ["no_leader", "starting", "leader_unreachable"]
+    /// Errors after which the operation certainly did not happen on this attempt and may be
+    /// tried again (the partition moves when its leader's storage fails).
+    static let retryable: Set<String> = ["no_leader", "starting", "leader_unreachable", "storage_failed", "storage_full"]
 
     /// Runs `op` here if this node leads its partition, else forwards it once to the leader;
     /// while replication is starting or the partition has no leader, waits up to
-    /// ``leaderWait`` for one.
+    /// ``leaderWait`` for one. A write whose first attempt may have happened (its leader did
+    /// not answer) never ends in a claim that it did not: such an end is `outcome_unknown`.
     func perform(_ op: KVOperation) async throws -> KVResult {
         let deadline = ContinuousClock.now + Self.leaderWait
+        var uncertain = writeMayHaveHappened && op.isWrite
         while true {
             do {
                 return try await attempt(op)
-            } catch let error as SkeinError where Self.retryable.contains(error.what) && ContinuousClock.now < deadline {
-                // Puts and deletes are idempotent: trying again after an unreachable leader is safe.
-                try await Task.sleep(for: .milliseconds(20))
+            } catch let error as SkeinError {
+                if op.isWrite, error.what == "leader_unreachable" { uncertain = true }
+                if Self.retryable.contains(error.what), ContinuousClock.now < deadline {
+                    // Puts and deletes are idempotent: trying again after an unreachable leader is safe.
+                    try await Task.sleep(for: .milliseconds(20))
+                    continue
+                }
+                if uncertain, error.what != "outcome_unknown", error.code >= 500 {
+                    throw Self.outcomeUnknown(key: op.key, after: error)
+                }
+                throw error
             }
         }
+    }
+
+    static func outcomeUnknown(key: String, after error: SkeinError) -> SkeinError {
+        SkeinError(code: 504, what: "outcome_unknown", key: key,
+                   message: "an earlier attempt reached a leader that did not answer, so the write may or may not have happened (last attempt: \(error.message))")
     }
 
     private func attempt(_ op: KVOperation) async throws -> KVResult {
@@ -105,7 +125,7 @@ struct ReplicatedKeyValueStore: KeyValueStore {
         case .put(let key, let value):
             // Answered once committed (durable on a majority): a put's apply cannot refuse it,
             // and reads wait until it is applied (readPermissionCaughtUp).
-            _ = try await replication.propose(.put(key: key, value: value), partition: partition, resolve: .committed(refused: {}))
+            _ = try await replication.propose(.put(key: key, value: value), partition: partition, answer: .committed)
             return .done(existed: true)
         case .delete(let key):
             let applied = try await replication.propose(.delete(key: key), partition: partition)
@@ -132,9 +152,14 @@ struct ReplicatedKeyValueStore: KeyValueStore {
         case .lost(let p):
             SkeinError(code: 503, what: "not_committed", key: key, message: "partition \(p) changed leader before the write committed; it did not happen, retry")
         case .timedOut(let p):
-            SkeinError(code: 503, what: "outcome_unknown", key: key, message: "partition \(p) did not commit in time; the write may or may not have happened")
-        case .storageFailed(let why):
-            SkeinError(code: 503, what: "storage_failed", key: key, message: "this node's storage failed (\(why)); use another node")
+            SkeinError(code: 504, what: "outcome_unknown", key: key, message: "partition \(p) did not commit in time; the write may or may not have happened")
+        case .conflict(let p, let k):
+            SkeinError(code: 409, what: "conflict", key: key, message: "\(k) in partition \(p) changed meanwhile; nothing was written")
+        case .storageFailed(let p, let why, let full):
+            full ? SkeinError(code: 507, what: "storage_full", key: key,
+                              message: "the disk is full where partition \(p) leads (\(why)); nothing acknowledged is lost; free space there, or retry once another node leads")
+                : SkeinError(code: 503, what: "storage_failed", key: key,
+                             message: "partition \(p)'s storage failed where it leads (\(why)); nothing acknowledged is lost; retry shortly")
         }
     }
 }
@@ -145,6 +170,13 @@ enum KVOperation: Sendable {
     case put(key: String, value: [UInt8])
     case delete(key: String)
     case scan(partition: Int, prefix: String, limit: Int)
+
+    var isWrite: Bool {
+        switch self {
+        case .put, .delete: true
+        case .get, .scan: false
+        }
+    }
 
     var key: String {
         switch self {
@@ -335,7 +367,7 @@ enum KeyValueForwarding {
         replication.submit(.proposals(commands) { i, result in
             let w = writes[i]
             let isDelete = if case .delete = w.op { true } else { false }
-            answer(w.id, encodeAnswer(result.map { .done(existed: isDelete ? $0.existed : true) }, key: w.op.key))
+            answer(w.id, encodeAnswer(result.map { .done(existed: isDelete ? $0.existed : true) }.mapError { $0 as any Error }, key: w.op.key))
         })
     }
 

@@ -171,7 +171,7 @@ enum VoterChanges {
         }
         var w = WireWriter()
         do {
-            guard let replication = cluster.replication else { throw ReplicationError.storageFailed("replication is starting") }
+            guard let replication = cluster.replication else { throw ReplicationError.notLeader(partition: partition, leader: nil) }
             guard partition < replication.partitionCount else { return PeerResponder.answer(.badRequest, "no partition \(partition)") }
             switch try await replication.advanceReplacement(replacement, partition: partition) {
             case .done(let voters):

@@ -188,15 +188,15 @@ final class EventLoopAnswers: ChannelDuplexHandler, RemovableChannelHandler {
                     handler.answered(context: context)
                 }
             }
-            @Sendable func inTask() {
+            @Sendable func inTask(_ waiting: NodeResponder.Waiting) {
                 Task { deliver(await responder.answer(request, waiting)) }
             }
             // Most key-value requests need no task: they wait in the replication actor or on
             // the leader's call stream.
-            let taken = responder.answerWithoutTask(request, body: body, waiting) { response in
-                if let response { deliver(response) } else { inTask() }
+            let taken = responder.answerWithoutTask(request, body: body, waiting) { response, next in
+                if let response { deliver(response) } else { inTask(next) }
             }
-            if !taken { inTask() }
+            if !taken { inTask(waiting) }
         }
     }
 

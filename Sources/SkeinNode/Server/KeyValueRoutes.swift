@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import NIOCore
 import NIOFoundationCompat
+import SkeinCluster
 import SkeinPipeline
 import SkeinStore
 
@@ -11,16 +12,26 @@ import SkeinStore
 /// bytes exactly as written or 404; DELETE answers 204. While the partition has no leader:
 /// 503 with `Retry-After: 1`.
 struct KeyValueRoutes: Sendable {
+    /// What a request answered without a task came to.
+    enum FastAnswer: Sendable {
+        case answered(Response)
+        /// Go on in the task path (which retries and waits).
+        case goOn(writeMayHaveHappened: Bool)
+    }
+
     static let prefix = "/v1/kv/"
     let cluster: ClusterHandle
     let limits: KeyValueLimits
     let renderer: any ErrorRenderer
 
-    func answer(method: HTTPRequest.Method, rawKey: Substring, body: () async throws -> Data, traceparent: String?) async -> Response {
+    /// `writeMayHaveHappened`: an attempt made without a task (``answerWithoutTask``) reached a
+    /// leader that did not answer.
+    func answer(method: HTTPRequest.Method, rawKey: Substring, body: () async throws -> Data, traceparent: String?,
+                writeMayHaveHappened: Bool = false) async -> Response {
         guard let key = Self.decodeKey(rawKey) else {
             return render(SkeinError(code: 400, what: "invalid_key", key: String(rawKey), message: "the key is not valid percent-encoding"))
         }
-        let store = ReplicatedKeyValueStore(cluster: cluster, limits: limits, traceparent: traceparent)
+        let store = ReplicatedKeyValueStore(cluster: cluster, limits: limits, traceparent: traceparent, writeMayHaveHappened: writeMayHaveHappened)
         do {
             switch method {
             case .get, .head:
@@ -47,12 +58,13 @@ struct KeyValueRoutes: Sendable {
     /// whose partition this node leads (as last published) goes straight into the replication
     /// actor's inbox; a request whose partition another node leads goes over the open call
     /// stream to it. `done` gets the answer (on the actor, or on the stream's event loop), or
-    /// nil when the request must go on in ``answer(method:rawKey:body:traceparent:)`` after all
-    /// (no leader, the leader unreachable or just moved: the retries and waits live there).
+    /// ``FastAnswer/goOn(writeMayHaveHappened:)`` when the request must go on in
+    /// ``answer(method:rawKey:body:traceparent:writeMayHaveHappened:)`` after all (no leader,
+    /// the leader unreachable or just moved: the retries and waits live there).
     /// False, and nothing done, when it does not apply: a bad key or value (whose error the
     /// task path renders), a read here, no call stream open.
     func answerWithoutTask(method: HTTPRequest.Method, rawKey: Substring, body: ByteBuffer, traceparent: String?,
-                           done: @escaping @Sendable (Response?) -> Void) -> Bool {
+                           done: @escaping @Sendable (FastAnswer) -> Void) -> Bool {
         guard let replication = cluster.replication, let key = Self.decodeKey(rawKey),
               (try? limits.check(key: key)) != nil else { return false }
         let op: KVOperation
@@ -78,21 +90,20 @@ struct KeyValueRoutes: Sendable {
             let isPut = if case .put = op { true } else { false }
             replication.submit(.proposals([(command, partition, isPut)]) { _, result in
                 switch result {
-                case .success: done(Response(status: .noContent))
-                case .failure(let error as ReplicationError):
-                    let rendered = ReplicatedKeyValueStore.skeinError(error, key: key)
-                    done(ReplicatedKeyValueStore.retryable.contains(rendered.what) ? nil : routes.render(rendered))
+                case .success: done(.answered(Response(status: .noContent)))
                 case .failure(let error):
-                    done(routes.render(SkeinError(code: 500, what: "internal", key: key, message: "\(error)")))
+                    let rendered = ReplicatedKeyValueStore.skeinError(error, key: key)
+                    done(ReplicatedKeyValueStore.retryable.contains(rendered.what) ? .goOn(writeMayHaveHappened: false) : .answered(routes.render(rendered)))
                 }
             })
             return true
         }
         return KeyValueForwarding.forwardWithoutTask(op, to: leader, cluster: cluster, traceparent: traceparent) { result in
             switch result {
-            case .success(let result): done(routes.response(result, key: key))
-            case .failure(let error) where ReplicatedKeyValueStore.retryable.contains(error.what): done(nil)
-            case .failure(let error): done(routes.render(error))
+            case .success(let result): done(.answered(routes.response(result, key: key)))
+            case .failure(let error) where ReplicatedKeyValueStore.retryable.contains(error.what):
+                done(.goOn(writeMayHaveHappened: op.isWrite && error.what == "leader_unreachable"))
+            case .failure(let error): done(.answered(routes.render(error)))
             }
         }
     }

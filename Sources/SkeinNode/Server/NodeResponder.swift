@@ -56,6 +56,8 @@ struct NodeResponder: HTTPResponder {
         let traceID: String
         let path: String
         let query: String?
+        /// A key-value write tried without a task reached a leader that did not answer.
+        var writeMayHaveHappened = false
     }
 
     /// Hummingbird's response for an answer (HEAD: the same head, no body).
@@ -119,7 +121,8 @@ struct NodeResponder: HTTPResponder {
         case .keyValue:
             response = await keyValue.answer(
                 method: request.method, rawKey: path.dropFirst(KeyValueRoutes.prefix.count),
-                body: { try await collectBody(request) }, traceparent: request.headers[.traceparent])
+                body: { try await collectBody(request) }, traceparent: request.headers[.traceparent],
+                writeMayHaveHappened: waiting.writeMayHaveHappened)
         case .workflows:
             do {
                 let body = try await collectBody(request)
@@ -147,17 +150,24 @@ struct NodeResponder: HTTPResponder {
 
     /// A key-value request answered from the event loop without a task
     /// (``KeyValueRoutes/answerWithoutTask(method:rawKey:body:traceparent:done:)``):
-    /// `done` gets the finished answer, or nil when the request must go on in ``answer(_:_:)``.
+    /// `done` gets the finished answer, or the request as it must go on in ``answer(_:_:)``.
     /// False when it does not apply.
     func answerWithoutTask(_ request: Request, body: ByteBuffer, _ waiting: Waiting,
-                            done: @escaping @Sendable (SkeinPipeline.Response?) -> Void) -> Bool {
+                            done: @escaping @Sendable (SkeinPipeline.Response?, Waiting) -> Void) -> Bool {
         guard case .keyValue = waiting.kind else { return false }
         let responder = self
         return keyValue.answerWithoutTask(
             method: request.method, rawKey: waiting.path.dropFirst(KeyValueRoutes.prefix.count), body: body,
             traceparent: request.headers[.traceparent]
-        ) { response in
-            done(response.map { responder.finish($0, traceID: waiting.traceID, request: request, arrival: waiting.arrival) })
+        ) { answer in
+            switch answer {
+            case .answered(let response):
+                done(responder.finish(response, traceID: waiting.traceID, request: request, arrival: waiting.arrival), waiting)
+            case .goOn(let uncertain):
+                var next = waiting
+                next.writeMayHaveHappened = uncertain
+                done(nil, next)
+            }
         }
     }
 

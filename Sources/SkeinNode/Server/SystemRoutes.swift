@@ -64,6 +64,16 @@ struct ClusterView: Codable, Sendable {
         /// The voters and learners by peer address (the ids `skein voters replace` takes).
         let voters: [String]
         let learners: [String]
+        /// Set while the partition's storage failed on this node: it is fenced here (neither
+        /// votes nor leads) and retried with backoff; `attempts` failures in a row so far.
+        let storage: StorageState?
+    }
+
+    struct StorageState: Codable, Sendable {
+        let fenced: Bool
+        let error: String
+        let diskFull: Bool
+        let attempts: Int
     }
 
     struct Traffic: Codable, Sendable {
@@ -88,6 +98,12 @@ struct ClusterView: Codable, Sendable {
     struct Log: Codable, Sendable {
         let commits: Int
         let entries: Int
+        let compactions: Int
+        let snapshotsOffered: Int
+        let snapshotsInstalled: Int
+        let snapshotBytesSent: Int
+        let snapshotBytesReceived: Int
+        let storageFaults: Int
     }
 
     init(_ cluster: ClusterHandle) {
@@ -99,9 +115,15 @@ struct ClusterView: Codable, Sendable {
         }
         partitions = cluster.replication?.status.map { p in
             Partition(id: p.id, leader: p.leader.map { cluster.member(peer: $0)?.name ?? $0 }, epoch: Int(p.epoch),
-                      replicas: p.voters.map { cluster.member(peer: $0)?.name ?? $0 }, voters: p.voters, learners: p.learners)
+                      replicas: p.voters.map { cluster.member(peer: $0)?.name ?? $0 }, voters: p.voters, learners: p.learners,
+                      storage: p.fault.map { StorageState(fenced: true, error: $0.message, diskFull: $0.diskFull, attempts: p.faultAttempts) })
         } ?? []
-        log = cluster.replication.map { Log(commits: $0.commits.load(ordering: .relaxed), entries: $0.entriesPersisted.load(ordering: .relaxed)) }
+        log = cluster.replication.map {
+            let c = $0.counters
+            return Log(commits: c.syncedCommits, entries: c.entriesPersisted, compactions: c.compactions, snapshotsOffered: c.snapshotsOffered,
+                       snapshotsInstalled: c.snapshotsInstalled, snapshotBytesSent: c.snapshotBytesSent,
+                       snapshotBytesReceived: c.snapshotBytesReceived, storageFaults: c.storageFaults)
+        }
         gossip = Traffic(bytesIn: cluster.traffic.bytesIn.load(ordering: .relaxed), bytesOut: cluster.traffic.bytesOut.load(ordering: .relaxed),
                          requestsIn: cluster.traffic.requestsIn.load(ordering: .relaxed), requestsOut: cluster.traffic.requestsOut.load(ordering: .relaxed),
                          streamBytesIn: cluster.traffic.streamBytesIn.load(ordering: .relaxed), streamBytesOut: cluster.traffic.streamBytesOut.load(ordering: .relaxed))

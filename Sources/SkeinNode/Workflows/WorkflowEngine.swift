@@ -59,34 +59,38 @@ actor WorkflowEngine {
 
     nonisolated func partition(of id: String) -> Int { Partitioning.partition(of: id, count: replication.partitionCount) }
 
-    /// Watches leadership every 20 ms: adopts partitions this node comes to own, releases
-    /// those it stops leading (or leads in a new epoch), and holds back new tasks while a
-    /// lease has lapsed.
+    /// Follows leadership as the replication host pushes it (``Replication/standingChanges``):
+    /// adopts partitions this node comes to own, releases those it stops leading (or leads in a
+    /// new epoch), and holds back new tasks while a lease has lapsed.
     func run() async {
-        while !Task.isCancelled {
-            let all = await replication.standings()
-            for p in 0..<replication.partitionCount {
-                let standing = all[p]
-                if let epoch = owned[p] {
-                    if !standing.leads || standing.epoch != epoch {
-                        owned[p] = nil
-                        await release(p)
-                        if standing.owns { owned[p] = standing.epoch; await adopt(p) }
-                    } else if standing.owns, suspended.withLock({ $0.remove(p) }) != nil {
-                        for (id, runner) in runners where partition(of: id) == p { await runner.kick() }
-                        for id in stalled.removeValue(forKey: p) ?? [] { await reload(id, partition: p) }
-                    } else if !standing.owns {
-                        suspended.withLock { _ = $0.insert(p) }
-                    }
-                } else if standing.owns {
-                    owned[p] = standing.epoch
-                    suspended.withLock { _ = $0.remove(p) }
-                    await adopt(p)
-                }
-            }
-            try? await Task.sleep(for: .milliseconds(20))
+        await reconcile(await replication.standings())
+        for await _ in replication.standingChanges {
+            guard !Task.isCancelled else { break }
+            await reconcile(await replication.standings())
         }
         for p in owned.keys { await release(p) }
+    }
+
+    private func reconcile(_ all: [Standing]) async {
+        for p in 0..<replication.partitionCount {
+            let standing = all[p]
+            if let epoch = owned[p] {
+                if !standing.leads || standing.epoch != epoch {
+                    owned[p] = nil
+                    await release(p)
+                    if standing.owns { owned[p] = standing.epoch; await adopt(p) }
+                } else if standing.owns, suspended.withLock({ $0.remove(p) }) != nil {
+                    for (id, runner) in runners where partition(of: id) == p { await runner.kick() }
+                    for id in stalled.removeValue(forKey: p) ?? [] { await reload(id, partition: p) }
+                } else if !standing.owns {
+                    suspended.withLock { _ = $0.insert(p) }
+                }
+            } else if standing.owns {
+                owned[p] = standing.epoch
+                suspended.withLock { _ = $0.remove(p) }
+                await adopt(p)
+            }
+        }
     }
 
     private func adopt(_ p: Int) async {
@@ -518,9 +522,12 @@ actor InstanceRunner {
         // so far wrote (and only while it owns the partition, whose earlier epochs are all
         // applied): nothing can have started the instance meanwhile, so the start counts once
         // committed.
-        let applied = try await propose(.instance(change), resolve: .committed(refused: { [weak self] in
-            Task { await self?.refusedAfterCommit() }
-        }))
+        let applied: AppliedEntry
+        do {
+            applied = try await propose(.instance(change), answer: .committed)
+        } catch ReplicationError.conflict {
+            throw WorkflowFailure(code: 409, what: "instance_exists", description: "instance \(t.state.id) was started by someone else meanwhile")
+        }
         if applied.conflict {
             throw WorkflowFailure(code: 409, what: "instance_exists", description: "instance \(t.state.id) was started by someone else meanwhile")
         }
@@ -632,11 +639,9 @@ actor InstanceRunner {
                                                 baseVersion: state.version, version: next.version, replace: false, state: Self.encode(next),
                                                 results: results.mapValues { Array($0.json) },
                                                 timeline: carried + timeline.map { TimelineLine($0, node: engine.node, epoch: epoch).bytes })
-                    // This runner is its instance's only writer here, and started from its latest
-                    // state: the checkpoint cannot be refused, so it counts once committed.
-                    let applied = try await propose(.instance(change), resolve: .committed(refused: { [weak self] in
-                        Task { await self?.refusedAfterCommit() }
-                    }))
+                    // Answered at commit when the host knows the instance's version (it decides the
+                    // check when proposing, and refuses there what would conflict); else at apply.
+                    let applied = try await propose(.instance(change), answer: .committed)
                     if applied.conflict {
                         // Refused, so the lines it carried were not stored: they go on their own
                         // (a task that ran here stays on the timeline).
@@ -663,20 +668,11 @@ actor InstanceRunner {
         kick()
     }
 
-    /// A checkpoint answered at commit was refused when applied (never expected: something
-    /// else wrote the instance). Stop; the engine resumes the instance from what is stored.
-    private func refusedAfterCommit() {
-        guard !stopped else { return }
-        stop()
-        let id = state.id
-        Task { await engine.runnerStopped(id, runner: self) }
-    }
-
-    private func propose(_ command: PartitionCommand, resolve: Resolution = .applied) async throws -> AppliedEntry {
+    private func propose(_ command: PartitionCommand, answer: AnswerPoint = .applied) async throws -> AppliedEntry {
         let deadline = ContinuousClock.now + .seconds(3)
         while true {
             do {
-                return try await engine.replication.propose(command, partition: partition, resolve: resolve)
+                return try await engine.replication.propose(command, partition: partition, answer: answer)
             } catch ReplicationError.notLeader(_, nil) where !stopped && ContinuousClock.now < deadline {
                 // This node leads but is handing the partition to another voter (proposals
                 // wait meanwhile). Keep the task's result and try again: if the handover

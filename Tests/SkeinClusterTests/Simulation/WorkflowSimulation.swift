@@ -23,7 +23,8 @@ struct WorkflowEntry: Codable {
     }
 }
 
-/// A checkpoint a node proposed: where it went, in which term, and the state it commits.
+/// A checkpoint a node's runner goes on from before it is applied: where it went, in which
+/// term, and the state it commits.
 struct Checkpoint {
     var at: RaftSimulator.PartitionIndex
     var term: UInt64
@@ -33,6 +34,8 @@ struct Checkpoint {
 struct WorkflowChecker {
     /// Checkpoints whose runner was answered at commit, before they were applied.
     var answeredAtCommit: Set<RaftSimulator.PartitionIndex> = []
+    /// Entries whose apply was counted (the first node to apply one counts it).
+    var counted: Set<RaftSimulator.PartitionIndex> = []
     /// Committed results per `instance#task`.
     var committed: [String: Int] = [:]
     /// Attempts run per `instance#task` (may exceed one: an owner dies mid-task).
@@ -57,10 +60,11 @@ extension RaftSimulator {
     var wallMs: Int64 { now / 1_000_000 }
 
     func owns(_ i: Int, _ p: Int) -> Bool {
-        nodes[i].up && !nodes[i].paused && nodes[i].groups[p].canServeReads(now: local(i)) && nodes[i].groups[p].transferee == nil
+        guard let host = live(i) else { return false }
+        return host.standing(partition: p).owns && host.groups[p].transferee == nil
     }
 
-    mutating func startInstance() {
+    func startInstance() {
         let p = random.below(scenario.partitions)
         guard let i = nodes.indices.first(where: { owns($0, p) }) else { return }
         let id = "w\(wf.nextInstance)-p\(p)"
@@ -69,50 +73,52 @@ extension RaftSimulator {
         propose(WorkflowEntry(instance: id, base: 0, state: t.state, results: Array(t.results.keys)), node: i, partition: p)
     }
 
-    mutating func propose(_ entry: WorkflowEntry, node i: Int, partition p: Int) {
-        let data = entry.encode()
-        guard let (index, term) = nodes[i].groups[p].propose(data, now: local(i)) else { return }
-        recordEntry(p, RaftEntry(index: index, term: term, kind: .command, data: data))
-        nodes[i].checkpointing[entry.instance] = Checkpoint(at: PartitionIndex(partition: p, index: index), term: term, state: entry.state)
-        pump(i)
+    /// As the node's runner does: the checkpoint goes through the host with its version check,
+    /// answered at commit when the host can decide the check, else at apply; the runner goes on
+    /// from the answered state until the node applies it or stops leading in that term.
+    func propose(_ entry: WorkflowEntry, node i: Int, partition p: Int) {
+        guard let host = live(i) else { return }
+        let boot = nodes[i].boot
+        nodes[i].checkpointing[entry.instance] = Checkpoint(at: PartitionIndex(partition: p, index: 0), term: host.groups[p].term, state: entry.state)
+        let check = VersionCheck(key: entry.instance, base: entry.base, next: entry.state.version)
+        host.propose(entry.encode(), partition: p, answer: .committed, check: check) { [unowned self] result in
+            guard nodes[i].up, nodes[i].boot == boot else { return }
+            nodes[i].checkpointing[entry.instance] = nil
+            guard case .success(let a) = result, !a.conflict else { return }
+            let at = PartitionIndex(partition: p, index: a.index)
+            if nodes[i].store.current[p].applied < a.index {
+                nodes[i].answered[entry.instance] = Checkpoint(at: at, term: a.term, state: entry.state)
+                wf.answeredAtCommit.insert(at)
+            }
+        }
     }
 
     /// The state a node's runner goes on from: the checkpoint answered at commit, if not yet
     /// applied, else what the node applied.
     func current(_ i: Int, _ p: Int, _ id: String) -> InstanceState? {
-        nodes[i].answered[id]?.state ?? nodes[i].disks[p].instances[id]
+        nodes[i].answered[id]?.state ?? nodes[i].store.current[p].instances[id]
     }
 
-    /// As the node's engine does: a checkpoint is settled once applied (or overwritten by
-    /// another leader), and already once this node,
-    /// leading in the term it was proposed in, has committed it. The runner then goes on from
-    /// the state in memory until the node applies it, or stops leading in that term.
-    mutating func settleCheckpoints(_ i: Int, _ p: Int) {
-        let g = nodes[i].groups[p]
-        let applied = nodes[i].disks[p].applied
-        for (id, c) in nodes[i].checkpointing where c.at.partition == p {
-            if applied >= c.at.index {
-                nodes[i].checkpointing[id] = nil
-            } else if g.role == .leader, g.term == c.term, g.commit >= c.at.index {
-                nodes[i].checkpointing[id] = nil
-                nodes[i].answered[id] = c
-                wf.answeredAtCommit.insert(c.at)
-            }
-        }
-        for (id, c) in nodes[i].answered where c.at.partition == p && (applied >= c.at.index || g.role != .leader || g.term != c.term) {
+    /// An answered checkpoint is settled once applied, or once this node stops leading in the
+    /// term it was answered in (the runner then reloads from what is applied).
+    func settleCheckpoints(_ i: Int, _ p: Int) {
+        guard let host = nodes[i].host else { return }
+        let g = host.groups[p]
+        let applied = nodes[i].store.current[p].applied
+        for (id, c) in nodes[i].answered where c.at.partition == p && (applied >= c.at.index || g.role != .leader || g.term != c.term || host.isFenced(p)) {
             nodes[i].answered[id] = nil
         }
     }
 
     /// On every partition this node owns: start the runnable tasks of its instances and fire
     /// their due timers, one checkpoint in flight per instance.
-    mutating func driveWorkflows(_ i: Int) {
-        guard nodes[i].up, !nodes[i].paused else { return }
+    func driveWorkflows(_ i: Int) {
+        guard live(i) != nil else { return }
         for p in 0..<scenario.partitions {
             settleCheckpoints(i, p)
             guard owns(i, p) else { continue }
             let answered = nodes[i].answered.filter { $0.value.at.partition == p }.keys
-            for id in Set(nodes[i].disks[p].instances.keys).union(answered).sorted() {
+            for id in Set(nodes[i].store.current[p].instances.keys).union(answered).sorted() {
                 guard let state = current(i, p, id), !state.status.isTerminal, nodes[i].checkpointing[id] == nil else { continue }
                 if let wake = state.wakeAt, wake <= wallMs {
                     let t = WorkflowChecker.machine.apply(.timer, to: state, now: wallMs)
@@ -141,7 +147,7 @@ extension RaftSimulator {
         return Payload(json: Data("1".utf8))
     }
 
-    mutating func taskDone(_ i: Int, boot bootNumber: Int, partition p: Int, instance id: String, key: String, attempt: Int) {
+    func taskDone(_ i: Int, boot bootNumber: Int, partition p: Int, instance id: String, key: String, attempt: Int) {
         guard nodes[i].up, nodes[i].boot == bootNumber else { return }
         let token = "\(id)|\(key)|\(attempt)"
         if nodes[i].paused || nodes[i].checkpointing[id] != nil {
@@ -158,38 +164,32 @@ extension RaftSimulator {
         propose(WorkflowEntry(instance: id, base: state.version, state: t.state, results: Array(t.results.keys)), node: i, partition: p)
     }
 
-    /// Applies a checkpoint if it follows the applied version (a start: if the id is free).
-    mutating func applyWorkflowEntry(_ e: RaftEntry, partition p: Int, node i: Int, disk: inout Disk, first: Bool) {
-        guard let entry = WorkflowEntry.decode(e.data) else {
-            failure = "undecodable workflow entry at p\(p) \(e.index)"
-            return
-        }
-        let current = disk.instances[entry.instance]
-        let accepted = entry.base == 0 ? current == nil : current?.version == entry.base
+    /// A store applied (or refused) a checkpoint: count what the first apply committed.
+    func appliedWorkflowEntry(_ entry: WorkflowEntry, accepted: Bool, node i: Int, partition p: Int, index: UInt64) {
+        let at = PartitionIndex(partition: p, index: index)
         guard accepted else {
-            if wf.answeredAtCommit.contains(PartitionIndex(partition: p, index: e.index)) {
-                failure = "\(nodes[i].id) p\(p) refuses checkpoint \(e.index) of \(entry.instance) when applying it, but its runner was answered at commit"
+            if wf.answeredAtCommit.contains(at), failure == nil {
+                failure = "\(nodes[i].id) p\(p) refuses checkpoint \(index) of \(entry.instance) when applying it, but its runner was answered at commit"
             }
             return
         }
-        disk.instances[entry.instance] = entry.state
-        guard first else { return }
+        guard wf.counted.insert(at).inserted else { return }
         if entry.base == 0 { wf.started[entry.instance] = p }
         if entry.state.status == .completed { wf.completed += 1 }
         for key in entry.results {
             let k = "\(entry.instance)#\(key)"
             wf.committed[k, default: 0] += 1
-            if wf.committed[k]! > 1 {
-                failure = "the result of \(k) was committed twice (p\(p) index \(e.index))"
+            if wf.committed[k]! > 1, failure == nil {
+                failure = "the result of \(k) was committed twice (p\(p) index \(index))"
                 return
             }
         }
     }
 
-    mutating func finalWorkflowCheck() {
+    func finalWorkflowCheck() {
         for (id, p) in wf.started.sorted(by: { $0.key < $1.key }) {
             for i in nodes.indices where nodes[i].up {
-                guard let state = nodes[i].disks[p].instances[id] else {
+                guard let state = nodes[i].store.current[p].instances[id] else {
                     failure = "\(nodes[i].id) never applied the start of \(id)"
                     return
                 }
