@@ -140,6 +140,9 @@ public final class PartitionStore: Sendable {
                             return .commit
                         }
                     } catch {
+                        // SQLite rolls the whole transaction back on some errors (a full disk,
+                        // an I/O error): then every share failed, for this reason.
+                        guard db.isInsideTransaction else { throw error }
                         outcome.failed[w.partition] = Self.fault(error)
                     }
                 }
@@ -172,6 +175,7 @@ public final class PartitionStore: Sendable {
                             return .commit
                         }
                     } catch {
+                        guard db.isInsideTransaction else { throw error }
                         outcome.failed[w.partition] = Self.fault(error)
                     }
                 }

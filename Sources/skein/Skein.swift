@@ -43,6 +43,8 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: help("computeThreads")) var computeThreads: String?
     @Option(help: help("eventLoops")) var eventLoops: String?
     @Option(help: help("partitions")) var partitions: String?
+    @Option(help: help("logCompactEntries")) var logCompactEntries: String?
+    @Option(help: help("logCompactBytes")) var logCompactBytes: String?
     @Option(help: help("otlpEndpoint")) var otlpEndpoint: String?
     @Option(help: help("otlpProtocol")) var otlpProtocol: String?
     @Option(help: ArgumentHelp("A JSON file of settings, keyed by the names in quotes above.", valueName: "FILE"))
@@ -59,7 +61,8 @@ struct NodeCommand: AsyncParsableCommand {
             ("name", name), ("listen", listen), ("peer", peer), ("seeds", seeds), ("data", data),
             ("clusterSecret", clusterSecret), ("maxBodySize", maxBodySize), ("slowRequestMs", slowRequestMs),
             ("traceBuffer", traceBuffer), ("logLevel", logLevel), ("computeThreads", computeThreads), ("eventLoops", eventLoops),
-            ("partitions", partitions), ("otlpEndpoint", otlpEndpoint), ("otlpProtocol", otlpProtocol),
+            ("partitions", partitions), ("logCompactEntries", logCompactEntries), ("logCompactBytes", logCompactBytes),
+            ("otlpEndpoint", otlpEndpoint), ("otlpProtocol", otlpProtocol),
         ]
         for case let (key, value?) in given { flags[key] = value }
 

@@ -1,5 +1,6 @@
 import Foundation
 @testable import SkeinNode
+import SkeinPipeline
 import SkeinStore
 import Testing
 
@@ -110,5 +111,40 @@ import Testing
         #expect(answer.error?["what"] as? String == "storage_failed")
         #expect((answer.error?["message"] as? String)?.contains("was removed") == true)
         #expect(answer.headers["retry-after"] == "1")
+    }
+}
+
+/// What a key-value request may say of itself after several attempts (``WriteAttempts``).
+@Suite struct WriteAttemptsTests {
+    static func error(_ what: String, _ code: Int = 503) -> SkeinPipeline.SkeinError { SkeinPipeline.SkeinError(code: code, what: what, key: "k") }
+
+    @Test func aWriteThatReachedASilentLeaderNeverEndsAsNotCommitted() {
+        var a = WriteAttempts(isWrite: true, key: "k")
+        #expect(a.failed(Self.error("leader_unreachable"), canRetry: true) == .retry)
+        // The retry lost its entry to a new leader: the first attempt may still have committed.
+        guard case .fail(let e) = a.failed(Self.error("not_committed"), canRetry: true) else { Issue.record("not a failure"); return }
+        #expect(e.code == 504 && e.what == "outcome_unknown")
+        // Out of time while no leader answers: unknown too.
+        var b = WriteAttempts(isWrite: true, key: "k")
+        _ = b.failed(Self.error("leader_unreachable"), canRetry: true)
+        guard case .fail(let f) = b.failed(Self.error("no_leader"), canRetry: false) else { Issue.record("not a failure"); return }
+        #expect(f.what == "outcome_unknown")
+        // Handed on from the event-loop path after an unreachable leader: the same.
+        var c = WriteAttempts(isWrite: true, mayHaveHappened: true, key: "k")
+        guard case .fail(let g) = c.failed(Self.error("not_committed"), canRetry: true) else { Issue.record("not a failure"); return }
+        #expect(g.what == "outcome_unknown")
+    }
+
+    @Test func certainFailuresStayCertain() {
+        var a = WriteAttempts(isWrite: true, key: "k")
+        #expect(a.failed(Self.error("no_leader"), canRetry: true) == .retry)
+        #expect(a.failed(Self.error("not_committed"), canRetry: true) == .fail(Self.error("not_committed")))
+        // A read is never "unknown": it changed nothing.
+        var r = WriteAttempts(isWrite: false, mayHaveHappened: true, key: "k")
+        _ = r.failed(Self.error("leader_unreachable"), canRetry: true)
+        #expect(r.failed(Self.error("no_leader"), canRetry: false) == .fail(Self.error("no_leader")))
+        // A client error is what it is.
+        var w = WriteAttempts(isWrite: true, mayHaveHappened: true, key: "k")
+        #expect(w.failed(Self.error("value_too_large", 413), canRetry: true) == .fail(Self.error("value_too_large", 413)))
     }
 }

@@ -9,6 +9,8 @@ import Testing
         #expect(s.peer.description == "127.0.0.1:7946")
         #expect(s.data == "./skein-data")
         #expect(s.maxBodySize == 1 << 20)
+        #expect(s.logCompactEntries == 20_000)
+        #expect(s.logCompactBytes == 64 << 20)
     }
 
     @Test func flagsBeatEnvironmentWhichBeatsTheFile() async throws {
@@ -36,6 +38,8 @@ import Testing
             (["eventLoops": "0"], "--event-loops"),
             (["eventLoops": "257"], "--event-loops"),
             (["eventLoops": "two"], "--event-loops"),
+            (["logCompactEntries": "3"], "--log-compact-entries"),
+            (["logCompactBytes": "1k"], "--log-compact-bytes"),
         ]
         for (flags, named) in cases {
             await #expect {

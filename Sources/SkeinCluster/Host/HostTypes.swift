@@ -245,7 +245,7 @@ public struct HostConfig: Sendable {
     /// A fenced partition's first retry comes after this long, each next one twice as late,
     /// up to ``fenceRetryLimit``.
     public var fenceRetryFirst: Duration = .milliseconds(100)
-    public var fenceRetryLimit: Duration = .seconds(30)
+    public var fenceRetryLimit: Duration = .seconds(10)
     /// The leadership balance runs this often (nil: never).
     public var balanceEvery: Duration? = .milliseconds(500)
     /// The most versioned keys a partition's ledger remembers before it forgets them all.

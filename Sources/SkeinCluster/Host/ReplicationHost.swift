@@ -287,6 +287,17 @@ public final class ReplicationHost {
 
     public func isFenced(_ p: Int) -> Bool { fences[p] != nil }
 
+    /// Where each partition's log stands here: committed, applied, and compacted through.
+    public struct LogPosition: Sendable, Equatable {
+        public var commit: UInt64
+        public var applied: UInt64
+        public var compactedThrough: UInt64
+    }
+
+    public var positions: [LogPosition] {
+        groups.map { LogPosition(commit: $0.commit, applied: $0.applied, compactedThrough: $0.snapshotMeta.index) }
+    }
+
     /// Whether this node may answer a read of `partition` from its applied state now.
     public func readPermission(partition p: Int) -> Result<Void, ReplicationError> {
         if let fence = fences[p] { return .failure(Self.fenced(p, fence.fault)) }

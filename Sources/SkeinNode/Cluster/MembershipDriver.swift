@@ -199,8 +199,12 @@ final class ClusterHandle: Sendable {
     func startReplication(store: PartitionStore) throws -> Replication {
         guard let me = raftID else { throw PeerCallError(description: "the peer port is not bound yet") }
         let voters = voters(me: me)
+        var config = HostConfig()
+        config.compactAfterEntries = settings.logCompactEntries
+        config.compactAfterBytes = settings.logCompactBytes
+        config.keepEntries = min(config.keepEntries, max(1, settings.logCompactEntries / 4))
         let created = try Replication(me: me, voters: voters, store: store, peers: peers, logger: logger,
-                                      isAlive: { [weak self] peer in self?.member(peer: peer)?.state == .alive }, loop: loops.next())
+                                      isAlive: { [weak self] peer in self?.member(peer: peer)?.state == .alive }, config: config, loop: loops.next())
         replicationDriver.withLock { $0 = created }
         logger.info(voters.contains(me) ? "replicating as a voter" : "replicating as a non-voter (not in --seeds): forwarding to leaders",
                     metadata: ["partitions": "\(store.partitions)", "voters": "\(voters.joined(separator: ","))"])

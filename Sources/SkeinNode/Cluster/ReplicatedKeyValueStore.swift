@@ -72,28 +72,20 @@ struct ReplicatedKeyValueStore: KeyValueStore {
     /// not answer) never ends in a claim that it did not: such an end is `outcome_unknown`.
     func perform(_ op: KVOperation) async throws -> KVResult {
         let deadline = ContinuousClock.now + Self.leaderWait
-        var uncertain = writeMayHaveHappened && op.isWrite
+        var attempts = WriteAttempts(isWrite: op.isWrite, mayHaveHappened: writeMayHaveHappened, key: op.key)
         while true {
             do {
                 return try await attempt(op)
             } catch let error as SkeinError {
-                if op.isWrite, error.what == "leader_unreachable" { uncertain = true }
-                if Self.retryable.contains(error.what), ContinuousClock.now < deadline {
+                switch attempts.failed(error, canRetry: ContinuousClock.now < deadline) {
+                case .retry:
                     // Puts and deletes are idempotent: trying again after an unreachable leader is safe.
                     try await Task.sleep(for: .milliseconds(20))
-                    continue
+                case .fail(let error):
+                    throw error
                 }
-                if uncertain, error.what != "outcome_unknown", error.code >= 500 {
-                    throw Self.outcomeUnknown(key: op.key, after: error)
-                }
-                throw error
             }
         }
-    }
-
-    static func outcomeUnknown(key: String, after error: SkeinError) -> SkeinError {
-        SkeinError(code: 504, what: "outcome_unknown", key: key,
-                   message: "an earlier attempt reached a leader that did not answer, so the write may or may not have happened (last attempt: \(error.message))")
     }
 
     private func attempt(_ op: KVOperation) async throws -> KVResult {
@@ -399,3 +391,35 @@ enum KeyValueForwarding {
     }
 }
 
+
+/// What the attempts of one key-value request so far allow to be said of it. A write whose
+/// leader did not answer may have happened; after that, no later attempt can prove it did
+/// not, so the request never ends in `not_committed` (or `no_leader`): it ends in
+/// `outcome_unknown` (504), unless an attempt succeeds.
+struct WriteAttempts {
+    let isWrite: Bool
+    private(set) var mayHaveHappened: Bool
+    let key: String
+
+    enum Next: Equatable {
+        case retry
+        case fail(SkeinError)
+    }
+
+    init(isWrite: Bool, mayHaveHappened: Bool = false, key: String) {
+        self.isWrite = isWrite
+        self.mayHaveHappened = isWrite && mayHaveHappened
+        self.key = key
+    }
+
+    /// An attempt failed with `error`; `canRetry` while the request's wait lasts.
+    mutating func failed(_ error: SkeinError, canRetry: Bool) -> Next {
+        if isWrite, error.what == "leader_unreachable" { mayHaveHappened = true }
+        if ReplicatedKeyValueStore.retryable.contains(error.what), canRetry { return .retry }
+        if mayHaveHappened, error.what != "outcome_unknown", error.code >= 500 {
+            return .fail(SkeinError(code: 504, what: "outcome_unknown", key: key,
+                                    message: "an earlier attempt reached a leader that did not answer, so the write may or may not have happened (last attempt: \(error.message))"))
+        }
+        return .fail(error)
+    }
+}

@@ -26,6 +26,7 @@ actor Replication {
     private let outbox: RaftOutbox
     private let published: Shared<[PartitionStatus]>
     private let publishedCounters = Shared(ReplicationHost.Counters())
+    private let publishedPositions = Shared([ReplicationHost.LogPosition]())
     /// Every standing change, for the workflow engine (it adopts and releases on them).
     nonisolated let standingChanges: AsyncStream<[Int: Standing]>
     private let standingSink: AsyncStream<[Int: Standing]>.Continuation
@@ -124,6 +125,7 @@ actor Replication {
     private func publishCounters() {
         let c = host.counters
         publishedCounters.value = c
+        publishedPositions.value = host.positions
     }
 
     /// SQLite keeps writing to a database file deleted under it, and everything written is
@@ -143,6 +145,8 @@ actor Replication {
     nonisolated func publishedEpoch(partition: Int) -> UInt64 { published.read { $0[partition].epoch } }
     /// The host's counters as of the last tick (at most ``longestSleep`` old).
     nonisolated var counters: ReplicationHost.Counters { publishedCounters.value }
+    /// Each partition's commit and applied index here, as of the last tick.
+    nonisolated var positions: [ReplicationHost.LogPosition] { publishedPositions.value }
 
     // MARK: - Inputs
 

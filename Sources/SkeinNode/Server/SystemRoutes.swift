@@ -64,6 +64,11 @@ struct ClusterView: Codable, Sendable {
         /// The voters and learners by peer address (the ids `skein voters replace` takes).
         let voters: [String]
         let learners: [String]
+        /// This node's log of the partition: committed, applied, and compacted through (as of
+        /// the last tick of replication, at most 100 ms ago).
+        let commit: UInt64?
+        let applied: UInt64?
+        let compactedThrough: UInt64?
         /// Set while the partition's storage failed on this node: it is fenced here (neither
         /// votes nor leads) and retried with backoff; `attempts` failures in a row so far.
         let storage: StorageState?
@@ -113,10 +118,13 @@ struct ClusterView: Codable, Sendable {
             Member(name: $0.name, peer: $0.peer, client: $0.client, state: $0.state.description,
                    incarnation: $0.incarnation, generation: $0.id.generation)
         }
+        let positions = cluster.replication?.positions ?? []
         partitions = cluster.replication?.status.map { p in
-            Partition(id: p.id, leader: p.leader.map { cluster.member(peer: $0)?.name ?? $0 }, epoch: Int(p.epoch),
-                      replicas: p.voters.map { cluster.member(peer: $0)?.name ?? $0 }, voters: p.voters, learners: p.learners,
-                      storage: p.fault.map { StorageState(fenced: true, error: $0.message, diskFull: $0.diskFull, attempts: p.faultAttempts) })
+            let at = p.id < positions.count ? positions[p.id] : nil
+            return Partition(id: p.id, leader: p.leader.map { cluster.member(peer: $0)?.name ?? $0 }, epoch: Int(p.epoch),
+                             replicas: p.voters.map { cluster.member(peer: $0)?.name ?? $0 }, voters: p.voters, learners: p.learners,
+                             commit: at?.commit, applied: at?.applied, compactedThrough: at?.compactedThrough,
+                             storage: p.fault.map { StorageState(fenced: true, error: $0.message, diskFull: $0.diskFull, attempts: p.faultAttempts) })
         } ?? []
         log = cluster.replication.map {
             let c = $0.counters

@@ -22,6 +22,11 @@ public struct NodeSettings: Sendable, Equatable {
     /// per core, or `NIO_SINGLETON_GROUP_LOOP_COUNT`).
     public var eventLoops: Int?
     public var partitions: Int = 16
+    /// A partition's log is compacted once it holds more entries than this, or more bytes
+    /// of entries than ``logCompactBytes`` (the state machine stands in for them; a follower
+    /// that needs them gets a snapshot).
+    public var logCompactEntries: Int = 20_000
+    public var logCompactBytes: Int = 64 << 20
     /// The OpenTelemetry collector's base URL (spans go to `<url>/v1/traces`); nil: no export.
     public var otlpEndpoint: String?
     public var otlpProtocol: OTLPProtocol = .protobuf
@@ -49,6 +54,8 @@ public struct NodeSettings: Sendable, Equatable {
         ("computeThreads", "N", "threads running compute effects (default: the number of cores)"),
         ("eventLoops", "N", "event-loop threads serving the client and peer ports and replication (default: the number of cores); nodes sharing a machine do better with their share of its cores each"),
         ("partitions", "N", "partitions of the replicated log, fixed when the cluster is created (default 16)"),
+        ("logCompactEntries", "N", "compact a partition's log once it holds more entries than this (default 20000)"),
+        ("logCompactBytes", "BYTES", "compact a partition's log once its entries hold more bytes than this (default 67108864)"),
         ("otlpEndpoint", "URL", "OpenTelemetry collector to export spans to over OTLP/HTTP, e.g. http://127.0.0.1:4318 (spans go to <URL>/v1/traces; default: no export)"),
         ("otlpProtocol", "PROTOCOL", "http/protobuf or http/json (default http/protobuf)"),
     ]
@@ -139,6 +146,8 @@ public struct NodeSettings: Sendable, Equatable {
             guard v <= 4096 else { throw SettingsError(setting: "partitions", message: "\(describe("partitions")) is at most 4096, not \(v)") }
             settings.partitions = v
         }
+        if let v = try integer("logCompactEntries", min: 10) { settings.logCompactEntries = v }
+        if let v = try integer("logCompactBytes", min: 1 << 16) { settings.logCompactBytes = v }
         if let v = string("otlpEndpoint"), !v.isEmpty {
             guard let url = URL(string: v), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host?.isEmpty == false else {
                 throw SettingsError(setting: "otlpEndpoint", message: "\(describe("otlpEndpoint")) must be an http:// or https:// URL, not '\(v)'")
